@@ -1,0 +1,26 @@
+"""mmimb: class-imbalance and long-tail tools for MMDetection 3.x.
+
+Importing this package registers every mmimb component into mmdet's registries (``MODELS``,
+``DATASETS``, ``DATA_SAMPLERS``, ``TRANSFORMS``, ``METRICS``, ``HOOKS``), so a config switches
+them on with ``custom_imports=dict(imports=['mmimb'], allow_failed_imports=False)``. It also
+lets ``torch.load`` read the checkpoints that mmengine writes (see :mod:`mmimb.compat`).
+"""
+
+from mmimb import compat as _compat
+
+_compat.allow_mmengine_checkpoints()
+
+from mmimb import (  # noqa: E402  (registration happens on import, after the compat fix)
+    analysis,
+    datasets,
+    evaluation,
+    hooks,
+    losses,
+    samplers,
+    stats,
+    transforms,
+)
+
+__version__ = "0.1.0"
+__all__ = ["analysis", "datasets", "evaluation", "hooks", "losses", "samplers", "stats",
+           "transforms", "__version__"]

@@ -1,0 +1,1 @@
+"""mmimb.samplers."""

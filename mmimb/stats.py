@@ -1,0 +1,353 @@
+"""Class statistics of a detection training set: the one place where classes are counted.
+
+Every other component (losses, samplers, wrappers, metrics, augmentation, analysis tools) reads
+its statistics from here and never counts classes again. Everything is pure numpy.
+
+Shape shorthand used below:
+    N: number of images
+    L: number of instance labels over all images (ragged, stored CSR-style)
+    C: number of classes
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Names of the frequency groups, indexed by the values that :func:`frequency_groups` returns.
+GROUP_NAMES: tuple[str, str, str] = ("rare", "common", "frequent")
+
+#: LVIS v1 thresholds (Gupta et al., CVPR 2019): rare = 1-10 training images, common = 11-100,
+#: frequent = more than 100.
+LVIS_RARE_MAX = 10
+LVIS_COMMON_MAX = 100
+
+
+@dataclass(frozen=True)
+class ImageLabels:
+    """Instance labels of every image of a dataset, stored as one flat array plus offsets.
+
+    Image ``i`` has the labels ``labels[offsets[i]:offsets[i + 1]]``; an image without boxes
+    has an empty slice.
+
+    Attributes:
+        labels: ``int64[L]`` class index of every instance, image after image.
+        offsets: ``int64[N + 1]`` start of each image's labels in ``labels``.
+        num_classes: number of classes ``C``; every label lies in ``[0, C)``.
+    """
+
+    labels: np.ndarray
+    offsets: np.ndarray
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
+            raise ValueError("offsets must be a 1-D array starting at 0")
+        if self.offsets[-1] != len(self.labels) or np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must be non-decreasing and end at len(labels)")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            bad = self.labels[(self.labels < 0) | (self.labels >= self.num_classes)][0]
+            raise ValueError(
+                f"label {int(bad)} is outside [0, num_classes={self.num_classes})")
+
+    @classmethod
+    def from_lists(cls, per_image: Sequence[Sequence[int]], num_classes: int) -> ImageLabels:
+        """Build from one list of labels per image."""
+        lengths = np.fromiter((len(x) for x in per_image), dtype=np.int64, count=len(per_image))
+        offsets = np.zeros(len(per_image) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = [label for labels in per_image for label in labels]
+        return cls(np.asarray(flat, dtype=np.int64), offsets, num_classes)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def image_index(self) -> np.ndarray:
+        """``int64[L]``: the image that each entry of ``labels`` belongs to."""
+        return np.repeat(np.arange(self.num_images), np.diff(self.offsets))
+
+    def unique_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct (image, class) pairs, sorted by image then class.
+
+        Returns:
+            ``(image_idx, class_idx)``, two ``int64`` arrays of equal length.
+        """
+        keys = np.unique(self.image_index * self.num_classes + self.labels)
+        return keys // self.num_classes, keys % self.num_classes
+
+    def concat(self, other: ImageLabels) -> ImageLabels:
+        """The labels of ``self`` followed by the images of ``other``."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(
+                f"cannot concatenate datasets with {self.num_classes} and "
+                f"{other.num_classes} classes")
+        offsets = np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]])
+        return ImageLabels(np.concatenate([self.labels, other.labels]), offsets,
+                           self.num_classes)
+
+    def subset(self, indices: np.ndarray) -> ImageLabels:
+        """The images ``indices`` (in that order, repeats allowed)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, ends = self.offsets[indices], self.offsets[indices + 1]
+        lengths = ends - starts
+        offsets = np.zeros(len(indices) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return ImageLabels(self.labels[gather], offsets, self.num_classes)
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class counts of a training set.
+
+    Attributes:
+        instance_counts: ``int64[C]`` number of boxes of each class.
+        image_counts: ``int64[C]`` number of images that contain each class at least once.
+        num_images: number of images ``N``.
+        num_empty_images: images without any box (background-only).
+        classes: class names, when known (empty tuple otherwise).
+    """
+
+    instance_counts: np.ndarray
+    image_counts: np.ndarray
+    num_images: int
+    num_empty_images: int
+    classes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_image_labels(cls, image_labels: ImageLabels,
+                          classes: Sequence[str] = ()) -> ClassStats:
+        """Count instances and images per class in one vectorised pass."""
+        num_classes = image_labels.num_classes
+        if classes and len(classes) != num_classes:
+            raise ValueError(f"got {len(classes)} class names for {num_classes} classes")
+        _, pair_classes = image_labels.unique_pairs()
+        return cls(
+            instance_counts=np.bincount(image_labels.labels, minlength=num_classes),
+            image_counts=np.bincount(pair_classes, minlength=num_classes),
+            num_images=image_labels.num_images,
+            num_empty_images=int(np.count_nonzero(np.diff(image_labels.offsets) == 0)),
+            classes=tuple(classes),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.instance_counts)
+
+    def counts(self, by: str = "image") -> np.ndarray:
+        """Counts per class, ``by`` ``'image'`` or ``'instance'``."""
+        if by == "image":
+            return self.image_counts
+        if by == "instance":
+            return self.instance_counts
+        raise ValueError(f"by must be 'image' or 'instance', got {by!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": list(self.classes),
+            "instance_counts": self.instance_counts.tolist(),
+            "image_counts": self.image_counts.tolist(),
+            "num_images": self.num_images,
+            "num_empty_images": self.num_empty_images,
+        }
+
+
+def validate_counts(counts: Sequence[float] | np.ndarray, num_classes: int,
+                    name: str = "class_counts") -> np.ndarray:
+    """Check a user-given vector of per-class counts and return it as ``float64[C]``.
+
+    Raises:
+        ValueError: if the length differs from ``num_classes``, or a count is negative or
+            not finite.
+    """
+    arr = np.asarray(counts, dtype=np.float64)
+    if arr.ndim != 1 or len(arr) != num_classes:
+        raise ValueError(
+            f"{name} has {arr.size} entries (shape {arr.shape}) but num_classes={num_classes}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {arr.tolist()}")
+    if np.any(arr < 0):
+        bad = np.flatnonzero(arr < 0)
+        raise ValueError(f"{name} must be >= 0; classes {bad.tolist()} have {arr[bad].tolist()}")
+    return arr
+
+
+def frequency_groups(counts: Sequence[float] | np.ndarray, rare_max: float = LVIS_RARE_MAX,
+                     common_max: float = LVIS_COMMON_MAX) -> np.ndarray:
+    """Assign each class to a frequency group by absolute thresholds.
+
+    A class is rare when ``count <= rare_max``, common when ``rare_max < count <= common_max``,
+    and frequent otherwise. The defaults are LVIS v1's (counted in training images).
+
+    Args:
+        counts: ``[C]`` training counts per class (images or instances).
+        rare_max: largest count of a rare class.
+        common_max: largest count of a common class.
+
+    Returns:
+        ``int64[C]`` with 0 (rare), 1 (common) or 2 (frequent); see :data:`GROUP_NAMES`.
+
+    Raises:
+        ValueError: if ``rare_max < 0`` or ``common_max < rare_max``.
+    """
+    if rare_max < 0:
+        raise ValueError(f"rare_max must be >= 0, got {rare_max}")
+    if common_max < rare_max:
+        raise ValueError(f"common_max ({common_max}) must be >= rare_max ({rare_max})")
+    arr = np.asarray(counts)
+    return (arr > rare_max).astype(np.int64) + (arr > common_max).astype(np.int64)
+
+
+def _check_beta(beta: float) -> None:
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must lie in [0, 1), got {beta}")
+
+
+def effective_number(counts: Sequence[float] | np.ndarray, beta: float) -> np.ndarray:
+    """Effective number of samples, ``E_n = (1 - beta^n) / (1 - beta)`` (Cui et al., CVPR 2019).
+
+    ``E_n`` grows like ``n`` for small ``n`` and saturates at ``1 / (1 - beta)``; ``beta = 0``
+    gives 1 for every class with at least one sample.
+
+    Raises:
+        ValueError: if ``beta`` is outside ``[0, 1)``.
+    """
+    _check_beta(beta)
+    n = np.asarray(counts, dtype=np.float64)
+    return -np.expm1(n * np.log1p(-beta)) / (1.0 - beta) if beta > 0 else (n > 0).astype(float)
+
+
+def class_balanced_weights(counts: Sequence[float] | np.ndarray, beta: float) -> np.ndarray:
+    """Class-balanced weights ``w_c ∝ (1 - beta) / (1 - beta^n_c)``, normalised to sum to ``C``.
+
+    From Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019.
+    ``beta = 0`` gives 1 for every class (no re-weighting); ``beta -> 1`` tends to inverse
+    class frequency.
+
+    Classes with zero training instances are treated as if they had one: they get the
+    largest weight, which is finite. (A zero count would otherwise give an infinite weight.)
+
+    Args:
+        counts: ``[C]`` non-negative training counts per class.
+        beta: hyper-parameter in ``[0, 1)``.
+
+    Returns:
+        ``float64[C]`` weights, summing to ``C``.
+
+    Raises:
+        ValueError: if ``beta`` is outside ``[0, 1)`` or a count is negative or not finite.
+    """
+    _check_beta(beta)
+    n = validate_counts(counts, len(np.atleast_1d(np.asarray(counts))), "counts")
+    inv = 1.0 / effective_number(np.maximum(n, 1.0), beta)
+    return inv * (len(n) / inv.sum())
+
+
+def _dataset_classes(dataset: Any) -> tuple[str, ...]:
+    meta = getattr(dataset, "metainfo", None) or {}
+    return tuple(meta.get("classes", ()))
+
+
+def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
+                              include_ignored: bool = False) -> ImageLabels:
+    """Read every image's instance labels from an mmdet/mmengine dataset, once per image.
+
+    Supports mmdet detection datasets (``CocoDataset``, ``VOCDataset``, anything derived from
+    ``BaseDetDataset``), mmengine's ``ConcatDataset`` (recursively), and wrappers that keep the
+    wrapped dataset in ``.dataset`` and expose the wrapped images only (mmimb's wrappers); in
+    that case the statistics are those of the wrapped dataset's unique images. A dataset
+    created with ``lazy_init=True`` is initialised here.
+
+    Args:
+        dataset: the dataset.
+        num_classes: number of classes; by default the length of ``metainfo['classes']``.
+        include_ignored: also count instances whose ``ignore_flag`` is set (crowd boxes);
+            mmdet's ``get_cat_ids`` counts them, mmdet's losses do not see them.
+
+    Raises:
+        ValueError: if the number of classes is unknown or a label lies outside it.
+    """
+    if num_classes is None:
+        num_classes = len(_dataset_classes(dataset))
+        if num_classes == 0:
+            raise ValueError(
+                f"{type(dataset).__name__} has no metainfo['classes']; pass num_classes")
+    inner = getattr(dataset, "datasets", None)
+    if inner is not None:  # mmengine ConcatDataset
+        parts = [image_labels_from_dataset(d, num_classes, include_ignored) for d in inner]
+        result = parts[0]
+        for part in parts[1:]:
+            result = result.concat(part)
+        return result
+    if hasattr(dataset, "dataset") and not hasattr(dataset, "get_data_info"):
+        return image_labels_from_dataset(dataset.dataset, num_classes, include_ignored)
+    if hasattr(dataset, "full_init"):
+        dataset.full_init()
+    per_image: list[list[int]] = []
+    for idx in range(len(dataset)):
+        instances = dataset.get_data_info(idx).get("instances", [])
+        per_image.append([inst["bbox_label"] for inst in instances
+                          if include_ignored or not inst.get("ignore_flag", 0)])
+    return ImageLabels.from_lists(per_image, num_classes)
+
+
+def load_coco(ann: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """Load a COCO-format annotation file (or pass a loaded dict through)."""
+    if isinstance(ann, dict):
+        return ann
+    with open(ann) as f:
+        return json.load(f)
+
+
+def image_labels_from_coco(ann: str | Path | dict[str, Any],
+                           include_crowd: bool = False) -> tuple[ImageLabels, tuple[str, ...]]:
+    """Read per-image labels from a COCO-format annotation file.
+
+    Classes are indexed in increasing category-id order (the order pycocotools uses).
+
+    Returns:
+        ``(image_labels, class_names)``.
+
+    Raises:
+        ValueError: if an annotation names an unknown category or image id.
+    """
+    coco = load_coco(ann)
+    cats = sorted(coco.get("categories", []), key=lambda c: c["id"])
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    img_index = {img["id"]: i for i, img in enumerate(coco.get("images", []))}
+    per_image: list[list[int]] = [[] for _ in img_index]
+    for a in coco.get("annotations", []):
+        if a.get("iscrowd", 0) and not include_crowd:
+            continue
+        if a["category_id"] not in cat_index:
+            raise ValueError(f"annotation {a.get('id')} has unknown category_id "
+                             f"{a['category_id']}")
+        if a["image_id"] not in img_index:
+            raise ValueError(f"annotation {a.get('id')} has unknown image_id {a['image_id']}")
+        per_image[img_index[a["image_id"]]].append(cat_index[a["category_id"]])
+    names = tuple(c["name"] for c in cats)
+    return ImageLabels.from_lists(per_image, max(len(cats), 1)), names
+
+
+def class_stats(dataset: Any, num_classes: int | None = None,
+                include_ignored: bool = False) -> ClassStats:
+    """:class:`ClassStats` of an mmdet/mmengine dataset (see :func:`image_labels_from_dataset`)."""
+    labels = image_labels_from_dataset(dataset, num_classes, include_ignored)
+    classes = _dataset_classes(dataset)
+    return ClassStats.from_image_labels(
+        labels, classes if len(classes) == labels.num_classes else ())
+
+
+def class_stats_from_coco(ann: str | Path | dict[str, Any]) -> ClassStats:
+    """:class:`ClassStats` of a COCO-format annotation file (crowd boxes excluded)."""
+    labels, names = image_labels_from_coco(ann)
+    return ClassStats.from_image_labels(labels, names)
