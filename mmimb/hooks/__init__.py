@@ -1,1 +1,5 @@
 """mmimb.hooks."""
+
+from mmimb.hooks.class_stats_hook import ClassStatsHook
+
+__all__ = ["ClassStatsHook"]
