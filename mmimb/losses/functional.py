@@ -14,9 +14,12 @@ each function, so logits of +-100 give finite losses and gradients. Losses are r
 ``float32`` (``float64`` when the logits are ``float64``); gradients come back in the logits'
 dtype, as autograd requires.
 
-Non-finite logits are not checked (that would cost a device synchronisation per call): a NaN
-logit gives a NaN loss; an infinite logit on the correct side of its target gives a zero loss,
-on the wrong side an infinite loss (and NaN gradients).
+Non-finite logits are not checked (that would cost a device synchronisation per call), and they
+never give a silently finite wrong loss: a NaN logit gives a NaN loss (and a NaN sum). In the
+fused path (:func:`sigmoid_focal_loss_sum`) an infinite logit gives the limit of the formula:
+zero loss on the side of its target, an infinite loss (and NaN gradient) on the wrong side. The
+general element-wise forms (:func:`sigmoid_focal_loss`, :func:`softmax_focal_loss`) give NaN
+for any infinite logit, as ``F.binary_cross_entropy_with_logits`` and ``F.log_softmax`` do.
 """
 
 from __future__ import annotations
@@ -320,13 +323,13 @@ def softmax_focal_loss(pred: Tensor, labels: Tensor, gamma: float = 2.0,
     _check_labels(labels, pred.shape[0], "labels")
     _check_gamma(gamma)
     logp = F.log_softmax(pred.to(_compute_dtype(pred)), dim=1)
+    weight_vec = _class_vector(class_weight, pred.shape[1], "class_weight", logp)
     logp_t = logp.gather(1, labels[:, None]).squeeze(1)
     loss = -logp_t
     if gamma != 0:
         # -expm1(log p) is 1 - p without cancellation; clamped as in sigmoid_focal_loss.
         one_minus_p = (-torch.expm1(logp_t)).clamp_min(torch.finfo(logp.dtype).tiny)
         loss = loss * one_minus_p.pow(gamma)
-    weight_vec = _class_vector(class_weight, pred.shape[1], "class_weight", logp)
     if weight_vec is not None:
         loss = loss * weight_vec[labels]
     return loss
