@@ -1,0 +1,35 @@
+# A tiny Faster R-CNN trained from scratch (no pretrained weights): the same ResNet-18 layout as
+# the tiny RetinaNet, a 64-channel FPN over strides 8/16/32, and a small two-fc RoI head.
+_base_ = 'mmdet::_base_/models/faster-rcnn_r50_fpn.py'
+
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),
+    backbone=dict(
+        _delete_=True,
+        type='ResNet',
+        depth=18,
+        base_channels=16,
+        num_stages=4,
+        out_indices=(1, 2, 3),
+        frozen_stages=-1,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=False,
+        style='pytorch',
+        init_cfg=None),
+    neck=dict(in_channels=[32, 64, 128], out_channels=64, num_outs=3),
+    rpn_head=dict(
+        in_channels=64,
+        feat_channels=64,
+        anchor_generator=dict(scales=[2, 4], strides=[8, 16, 32])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            out_channels=64,
+            featmap_strides=[8, 16, 32]),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=12)),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=500),
+        rcnn=dict(sampler=dict(num=256))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=300),
+        rcnn=dict(score_thr=0.05, max_per_img=100)))
