@@ -351,3 +351,246 @@ def class_stats_from_coco(ann: str | Path | dict[str, Any]) -> ClassStats:
     """:class:`ClassStats` of a COCO-format annotation file (crowd boxes excluded)."""
     labels, names = image_labels_from_coco(ann)
     return ClassStats.from_image_labels(labels, names)
+
+
+# --------------------------------------------------------------------------------------------
+# Re-sampling statistics: repeat factors, class-aware sampling weights, under-sampling targets.
+# The samplers and dataset wrappers of :mod:`mmimb.samplers` and :mod:`mmimb.datasets.wrappers`
+# consume these; the random draws themselves live there.
+
+#: How an image's factor is reduced over the distinct classes it contains.
+IMAGE_REDUCTIONS: tuple[str, str] = ("max", "mean")
+
+
+def validate_repeat_factor_args(oversample_thr: float, power: float, by: str = "image",
+                                reduce: str = "max") -> None:
+    """Check the arguments of :func:`class_repeat_factors` and :func:`image_repeat_factors`.
+
+    Called by the wrappers at construction, before any annotation is loaded.
+
+    Raises:
+        ValueError: if ``oversample_thr <= 0``, ``power < 0``, either is not finite, or ``by``
+            or ``reduce`` is not one of the valid choices.
+    """
+    if not (np.isfinite(oversample_thr) and oversample_thr > 0):
+        raise ValueError(f"oversample_thr must be a finite number > 0, got {oversample_thr!r}")
+    if not (np.isfinite(power) and power >= 0):
+        raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+    if by not in ("image", "instance"):
+        raise ValueError(f"by must be 'image' or 'instance', got {by!r}")
+    if reduce not in IMAGE_REDUCTIONS:
+        raise ValueError(f"reduce must be one of {IMAGE_REDUCTIONS}, got {reduce!r}")
+
+
+def class_frequencies(stats: ClassStats, by: str = "image") -> np.ndarray:
+    """Frequency ``f_c`` of every class.
+
+    ``by='image'``: the fraction of training images that contain class ``c`` (LVIS's
+    definition). ``by='instance'``: the fraction of all training boxes that belong to ``c``.
+
+    Returns:
+        ``float64[C]`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: if the dataset has no images, or ``by`` is invalid.
+    """
+    counts = stats.counts(by).astype(np.float64)
+    if stats.num_images == 0:
+        raise ValueError("dataset has no images: class frequencies are undefined")
+    total = float(stats.num_images) if by == "image" else counts.sum()
+    return counts / total if total > 0 else np.zeros_like(counts)
+
+
+def class_repeat_factors(stats: ClassStats, oversample_thr: float, power: float = 0.5,
+                         by: str = "image") -> np.ndarray:
+    """Per-class repeat factors ``r_c = max(1, (t / f_c) ** p)``.
+
+    From Gupta et al., "LVIS: A Dataset for Large Vocabulary Instance Segmentation", CVPR 2019
+    (``p = 0.5``, ``f_c`` the fraction of images containing ``c``): classes rarer than the
+    threshold ``t`` are over-sampled, the others are left alone. ``p = 0.5`` computes the
+    square root with ``np.sqrt``, exactly as mmengine's ``ClassBalancedDataset`` does.
+    A class without any training image gets ``r_c = 1`` (no image carries it anyway).
+
+    Args:
+        stats: class counts of the training set.
+        oversample_thr: frequency threshold ``t > 0``.
+        power: exponent ``p >= 0``; ``0`` disables re-sampling.
+        by: ``'image'`` or ``'instance'``, see :func:`class_frequencies`.
+
+    Returns:
+        ``float64[C]``, every value ``>= 1``.
+
+    Raises:
+        ValueError: on invalid arguments (naming the argument) or an empty dataset.
+    """
+    validate_repeat_factor_args(oversample_thr, power, by)
+    freq = class_frequencies(stats, by)
+    ratio = np.divide(oversample_thr, freq, out=np.ones_like(freq), where=freq > 0)
+    scaled = np.sqrt(ratio) if power == 0.5 else ratio ** power
+    return np.where(freq > 0, np.maximum(1.0, scaled), 1.0)
+
+
+def image_repeat_factors(image_labels: ImageLabels, class_factors: np.ndarray,
+                         reduce: str = "max") -> np.ndarray:
+    """Per-image factor: the max (or mean) of ``class_factors`` over the image's classes.
+
+    ``r_i = max_{c in image i} r_c`` is LVIS's rule (an image is repeated as often as its rarest
+    class asks); ``'mean'`` averages over the image's *distinct* classes. Images without boxes
+    get 1.
+
+    Args:
+        image_labels: labels of the ``N`` images.
+        class_factors: ``[C]`` per-class factors, e.g. from :func:`class_repeat_factors`.
+        reduce: ``'max'`` or ``'mean'``.
+
+    Returns:
+        ``float64[N]``.
+
+    Raises:
+        ValueError: if ``reduce`` is invalid or ``class_factors`` has the wrong length.
+    """
+    if reduce not in IMAGE_REDUCTIONS:
+        raise ValueError(f"reduce must be one of {IMAGE_REDUCTIONS}, got {reduce!r}")
+    factors = validate_counts(class_factors, image_labels.num_classes, "class_factors")
+    out = np.ones(image_labels.num_images, dtype=np.float64)
+    if reduce == "max":
+        # Duplicated labels do not change a max, so no need for the distinct pairs here.
+        lengths = np.diff(image_labels.offsets)
+        nonempty = lengths > 0
+        if nonempty.any():
+            out[nonempty] = np.maximum.reduceat(factors[image_labels.labels],
+                                                image_labels.offsets[:-1][nonempty])
+        return out
+    image_idx, class_idx = image_labels.unique_pairs()
+    sums = np.bincount(image_idx, weights=factors[class_idx], minlength=len(out))
+    num = np.bincount(image_idx, minlength=len(out))
+    np.divide(sums, num, out=out, where=num > 0)
+    return out
+
+
+def class_aware_weights(image_labels: ImageLabels, power: float, by: str = "image",
+                        reduce: str = "max") -> np.ndarray:
+    """Image sampling weights of class-aware sampling with a power knob ``q``.
+
+    Every class gets the weight ``w_c = f_c ** -q`` (:func:`class_frequencies`), and image ``i``
+    the weight ``w_i = max_{c in i} w_c`` (or the mean); images without boxes form one more
+    class, "background", whose frequency is the fraction of such images. Then
+    ``P(i) = w_i / sum_j w_j``. ``q = 0`` gives every image the weight 1 and samples images
+    uniformly; ``q = 1`` makes every class equally likely when each image holds one class (the
+    multi-label case approximates it), which is the class-aware sampling of Shen et al.,
+    "Relay Backpropagation", ECCV 2016, as in mmdet's ``ClassAwareSampler``; ``q = 0.5`` is the
+    square-root sampling of Mahajan et al., ECCV 2018.
+
+    Returns:
+        ``float64[N]`` weights ``w_i >= 1`` (exactly 1 everywhere when ``q = 0``).
+
+    Raises:
+        ValueError: if ``power`` is negative or not finite, ``by``/``reduce`` are invalid,
+            or there are no images.
+    """
+    if not (np.isfinite(power) and power >= 0):
+        raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+    stats = ClassStats.from_image_labels(image_labels)
+    # With t = 1 the clamp max(1, .) of the repeat factor is inactive (f_c <= 1).
+    weights = image_repeat_factors(
+        image_labels, class_repeat_factors(stats, 1.0, power, by), reduce)
+    if stats.num_empty_images:
+        empty = np.diff(image_labels.offsets) == 0
+        weights[empty] = (stats.num_empty_images / stats.num_images) ** -power
+    return weights
+
+
+#: ``sampling_strategy`` strings of imbalanced-learn's under-samplers and the classes they reduce.
+UNDERSAMPLING_STRATEGIES: tuple[str, ...] = ("auto", "not minority", "majority", "not majority",
+                                             "all")
+
+
+def _strategy_dict_targets(counts: np.ndarray, classes: Sequence[str],
+                           strategy: dict[Any, Any]) -> np.ndarray:
+    targets = counts.copy()
+    for key, value in strategy.items():
+        if isinstance(key, str):
+            if key not in classes:
+                raise ValueError(
+                    f"sampling_strategy names class {key!r}, which is not in the dataset's "
+                    f"classes ({len(classes)} classes, e.g. {list(classes[:5])})")
+            c = list(classes).index(key)
+        elif isinstance(key, int | np.integer) and 0 <= key < len(counts):
+            c = int(key)
+        else:
+            raise ValueError(f"sampling_strategy key {key!r} is neither a class name nor a "
+                             f"class index in [0, {len(counts)})")
+        if not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"sampling_strategy[{key!r}] must be an int >= 0, got {value!r}")
+        if value > counts[c]:
+            raise ValueError(
+                f"sampling_strategy asks for {value} images of class {key!r}, which has only "
+                f"{counts[c]}: under-sampling cannot increase a class")
+        targets[c] = value
+    return targets
+
+
+def undersampling_targets(stats: ClassStats, sampling_strategy: Any = "auto") -> np.ndarray:
+    """Target number of images per class, with imbalanced-learn's ``sampling_strategy`` rules.
+
+    Counts are images that contain the class (``stats.image_counts``); the minority and
+    majority classes are the classes with the fewest and most images among those present.
+
+    - ``float`` ``a`` in ``(0, 1]``: after re-sampling, ``n_minority / n_c >= a`` for every
+      class: each class with more than ``n_minority / a`` images is reduced to
+      ``floor(n_minority / a)``, the others are kept. (imbalanced-learn accepts a float for
+      binary targets only; this is its definition applied to every class.)
+    - ``'auto'`` or ``'not minority'``: every class except the minority is reduced to the
+      minority's count; ``'majority'``: only the majority class; ``'not majority'``: every
+      class except the majority; ``'all'``: every class.
+    - ``dict``: class name or index -> target count; unnamed classes are kept.
+    - callable: called with ``{class name (or index when names are unknown): image count}``,
+      returns such a dict.
+
+    Returns:
+        ``int64[C]`` targets, ``targets[c] <= stats.image_counts[c]``; a class is reduced
+        exactly when its target is below its count.
+
+    Raises:
+        ValueError: naming ``sampling_strategy``, if it is of an unknown kind, ``'minority'``
+            (over-sampling only), a float outside ``(0, 1]``, names an unknown class, or asks
+            for more images of a class than the dataset has (that would be over-sampling).
+    """
+    counts = stats.image_counts.astype(np.int64)
+    present = np.flatnonzero(counts > 0)
+    if len(present) == 0:
+        raise ValueError("sampling_strategy cannot be applied: no class has any image")
+    n_min = int(counts[present].min())
+    n_max = int(counts[present].max())
+    if callable(sampling_strategy):
+        keys: tuple[Any, ...] = stats.classes or tuple(range(len(counts)))
+        result = sampling_strategy(dict(zip(keys, counts.tolist(), strict=True)))
+        if not isinstance(result, dict):
+            raise ValueError("a callable sampling_strategy must return a dict of class -> "
+                             f"count, got {type(result).__name__}")
+        return _strategy_dict_targets(counts, stats.classes, result)
+    if isinstance(sampling_strategy, dict):
+        return _strategy_dict_targets(counts, stats.classes, sampling_strategy)
+    if isinstance(sampling_strategy, str):
+        if sampling_strategy == "minority":
+            raise ValueError("sampling_strategy='minority' asks to over-sample the minority "
+                             f"class; under-sampling supports {UNDERSAMPLING_STRATEGIES}")
+        if sampling_strategy not in UNDERSAMPLING_STRATEGIES:
+            raise ValueError(f"sampling_strategy must be a float, a dict, a callable or one "
+                             f"of {UNDERSAMPLING_STRATEGIES}, got {sampling_strategy!r}")
+        reduce = counts > 0
+        if sampling_strategy in ("auto", "not minority"):
+            reduce &= counts > n_min
+        elif sampling_strategy == "majority":
+            reduce &= counts == n_max
+        elif sampling_strategy == "not majority":
+            reduce &= counts < n_max
+        return np.where(reduce, np.minimum(counts, n_min), counts)
+    if isinstance(sampling_strategy, float | int) and not isinstance(sampling_strategy, bool):
+        if not 0 < sampling_strategy <= 1:
+            raise ValueError(f"a float sampling_strategy is the ratio n_minority / n_class "
+                             f"after re-sampling and must lie in (0, 1], got "
+                             f"{sampling_strategy}")
+        return np.minimum(counts, int(np.floor(n_min / sampling_strategy)))
+    raise ValueError(f"sampling_strategy must be a float, a dict, a callable or one of "
+                     f"{UNDERSAMPLING_STRATEGIES}, got {sampling_strategy!r}")

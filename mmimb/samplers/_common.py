@@ -1,0 +1,243 @@
+"""Machinery shared by every mmimb sampler and dataset wrapper: seeded draws, rounding, sharding.
+
+Determinism contract (the same for all of them): the images of epoch ``e`` are a pure function
+of ``(seed, e)``, drawn with ``numpy.random.default_rng(SeedSequence([seed, e]))``. Every rank
+builds the same generator (the seed is shared with :func:`mmengine.dist.sync_random_seed` when
+not given), so every rank computes the same epoch and keeps its own shard of it; nothing but the
+seed is communicated.
+
+Shape shorthand used below:
+    N: number of images of the wrapped dataset
+    M: number of draws in an epoch (images, with repeats)
+    W: world size (number of ranks)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import numpy as np
+from mmengine.dist import get_dist_info, sync_random_seed
+from torch.utils.data import Sampler
+
+from mmimb.stats import ImageLabels, image_labels_from_dataset
+
+#: Rounding modes of a repeat factor ``r`` to a number of draws.
+ROUNDING_MODES: tuple[str, ...] = ("stochastic", "ceil", "floor", "round")
+
+_SEED_MASK = (1 << 64) - 1
+
+
+def check_rounding(rounding: str) -> str:
+    """Return ``rounding`` if it is one of :data:`ROUNDING_MODES`.
+
+    Raises:
+        ValueError: otherwise, listing the valid modes.
+    """
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    return rounding
+
+
+def check_epoch(epoch: int) -> int:
+    """Return ``epoch`` as an ``int`` if it is a non-negative integer.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    return int(epoch)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed``, or a random seed shared by all ranks (:func:`mmengine.dist.sync_random_seed`)."""
+    if seed is None:
+        return int(sync_random_seed())
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    return int(seed)
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of epoch ``epoch``: a pure function of ``(seed, epoch)``.
+
+    ``SeedSequence([seed, epoch])`` keeps ``(seed, epoch)`` pairs apart that ``seed + epoch``
+    would confuse (``(1, 0)`` and ``(0, 1)``).
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed & _SEED_MASK, check_epoch(epoch)]))
+
+
+def read_image_labels(dataset: Any) -> ImageLabels:
+    """Labels of every image of ``dataset``, read once through :mod:`mmimb.stats`.
+
+    Raises:
+        ValueError: if the dataset has no image.
+    """
+    labels = image_labels_from_dataset(dataset)
+    if labels.num_images == 0:
+        raise ValueError(f"dataset is empty: {type(dataset).__name__} has no images to sample")
+    return labels
+
+
+def index_dtype(num_images: int) -> type[np.signedinteger[Any]]:
+    """``int32`` when it can hold every index (half the memory of ``int64``), else ``int64``."""
+    return np.int32 if num_images <= np.iinfo(np.int32).max else np.int64
+
+
+def round_factors(factors: np.ndarray, rounding: str,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """Number of draws of each image in one epoch, from its (fractional) factor.
+
+    ``stochastic``: ``floor(r) + Bernoulli(r - floor(r))``, independently per image, so
+    ``E[draws] = r`` exactly and the epoch length has expectation ``sum(r)`` (the rounding of
+    detectron2's ``RepeatFactorTrainingSampler``). ``ceil``, ``floor``: as named (``ceil`` is
+    mmengine's ``ClassBalancedDataset``). ``round``: to the nearest integer, halves up.
+
+    Args:
+        factors: ``float[N]`` non-negative factors.
+        rounding: one of :data:`ROUNDING_MODES`.
+        rng: the epoch's generator; required by ``stochastic``.
+
+    Returns:
+        ``int64[N]``.
+
+    Raises:
+        ValueError: on an unknown ``rounding``, or ``stochastic`` without ``rng``.
+    """
+    check_rounding(rounding)
+    if rounding == "ceil":
+        return np.ceil(factors).astype(np.int64)
+    if rounding == "floor":
+        return np.floor(factors).astype(np.int64)
+    if rounding == "round":
+        return np.floor(factors + 0.5).astype(np.int64)
+    if rng is None:
+        raise ValueError("rng is required by rounding='stochastic'")
+    whole = np.floor(factors)
+    return (whole + (rng.random(len(factors)) < factors - whole)).astype(np.int64)
+
+
+def systematic_counts(factors: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws per image for an epoch of exactly ``total`` draws, proportional to ``factors``.
+
+    The factors are scaled to ``s_i = r_i * total / sum(r)`` (so ``sum(s) = total``); image
+    ``i`` is drawn ``floor(s_i)`` times plus once more with probability ``s_i - floor(s_i)``,
+    by systematic sampling (Madow, 1949) over the images in a random order: one uniform offset
+    ``u``, and the images whose cumulated fractions cross ``u, u + 1, u + 2, ...``. Each image's
+    inclusion probability is exactly its fraction, and the number of extra draws is exactly
+    ``total - sum(floor(s))``, which a fixed-length dataset wrapper needs.
+
+    Args:
+        factors: ``float[N]`` non-negative factors with a positive sum.
+        total: the epoch length ``>= 0``.
+        rng: the epoch's generator.
+
+    Returns:
+        ``int64[N]`` draws, summing to ``total``, with ``E[draws_i] = s_i``.
+    """
+    scaled = factors * (total / factors.sum())
+    counts = np.floor(scaled).astype(np.int64)
+    extra = total - int(counts.sum())
+    if extra > 0:
+        order = rng.permutation(len(factors))
+        cumulative = np.cumsum((scaled - counts)[order])
+        points = rng.random() + np.arange(extra)
+        hits = np.minimum(np.searchsorted(cumulative, points, side="right"), len(order) - 1)
+        counts += np.bincount(order[hits], minlength=len(factors))
+    return counts
+
+
+def repeat_indices(counts: np.ndarray) -> np.ndarray:
+    """``[0]*counts[0] + [1]*counts[1] + ...`` as a compact integer array (``int[M]``)."""
+    return np.repeat(np.arange(len(counts), dtype=index_dtype(len(counts))), counts)
+
+
+def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """The part of an epoch that ``rank`` loads: every ``world_size``-th draw from ``rank``.
+
+    As mmengine's ``DefaultSampler`` with ``round_up=True``: the epoch is first padded with its
+    own beginning to a multiple of ``world_size``, so every rank loads the same number of
+    images (``ceil(M / W)``) and distributed training never waits on a rank that ran out.
+    """
+    total = math.ceil(len(indices) / world_size) * world_size
+    if total > len(indices) and len(indices):
+        indices = np.resize(indices, total)  # repeats the array cyclically
+    return indices[rank:total:world_size]
+
+
+class ResamplingSampler(Sampler[int]):
+    """Base of mmimb's samplers: a fresh random multiset of images every epoch.
+
+    A subclass implements :meth:`_draw`, the epoch's images as an unordered multiset. This class
+    shuffles them with the same generator, pads them to a multiple of the world size and hands
+    each rank its shard (:func:`shard`). Epoch ``e`` depends on ``(seed, e)`` only: the same on
+    every rank, in every run, whatever happened before; :meth:`set_epoch` (called by mmengine's
+    ``DistSamplerSeedHook`` in epoch-based loops and by its iteration-based loop each time the
+    data loader restarts) moves to another epoch and so redraws.
+
+    With ``infinite=True`` the sampler never ends and goes through epochs ``e, e + 1, ...`` by
+    itself, like mmengine's ``InfiniteSampler``, for iteration-based training. Either way the
+    number of draws may change from epoch to epoch (stochastic rounding, under-sampling);
+    ``len()`` is that of the current epoch on this rank.
+
+    Args:
+        dataset: the dataset to sample from.
+        seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
+        shuffle: shuffle each epoch; ``False`` yields the images in index order (for debugging).
+        infinite: iterate over consecutive epochs without end.
+    """
+
+    def __init__(self, dataset: Sized, seed: int | None = None, shuffle: bool = True,
+                 infinite: bool = False) -> None:
+        self.rank, self.world_size = get_dist_info()
+        self.dataset = dataset
+        self.seed = resolve_seed(seed)
+        self.shuffle = shuffle
+        self.infinite = infinite
+        self.epoch = 0
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's multiset of dataset indices (``int[M]``, any order)."""
+        raise NotImplementedError
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """Every draw of an epoch (all ranks, before padding), in the order they are loaded.
+
+        Args:
+            epoch: the epoch; the current one by default.
+
+        Returns:
+            ``int[M]`` dataset indices.
+        """
+        epoch = self.epoch if epoch is None else check_epoch(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng = epoch_rng(self.seed, epoch)
+        indices = self._draw(rng)
+        if self.shuffle:
+            indices = rng.permutation(indices)
+        self._cache = (epoch, indices)
+        return indices
+
+    def rank_indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's shard of :meth:`epoch_indices` (``int[ceil(M / W)]``)."""
+        return shard(self.epoch_indices(epoch), self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        while True:
+            yield from self.rank_indices(epoch).tolist()
+            if not self.infinite:
+                return
+            epoch += 1
+
+    def __len__(self) -> int:
+        return len(self.rank_indices())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to epoch ``epoch``: the next iteration yields that epoch's draw."""
+        self.epoch = check_epoch(epoch)

@@ -1,0 +1,183 @@
+"""Under-sampling of majority classes for multi-label detection images, redrawn every epoch.
+
+The target number of images per class follows imbalanced-learn's ``sampling_strategy``
+(:func:`mmimb.stats.undersampling_targets`). Detection images hold several classes, so the
+draw works on images:
+
+1. An image that contains a class that is *not* reduced is always kept (it cannot be dropped
+   without losing that class's boxes).
+2. Background-only images are kept by an explicit ratio or count.
+3. The reduced classes are visited from the rarest to the most frequent; each draws, uniformly
+   and without replacement among its images not kept yet, as many images as it still lacks to
+   reach its target, counting the images that earlier steps kept for it.
+
+So every reduced class ends with at least its target (more only when the images kept for other
+classes contain it too), single-label datasets hit the targets exactly, and since the subset is
+redrawn from ``(seed, epoch)`` every epoch, no image is lost for good.
+
+Shape shorthand: ``N`` images, ``C`` classes, ``P`` distinct (image, class) pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from typing import Any
+
+import numpy as np
+from mmdet.registry import DATA_SAMPLERS
+
+from mmimb.samplers._common import ResamplingSampler, read_image_labels
+from mmimb.stats import ClassStats, ImageLabels, undersampling_targets
+
+
+def _distinct_labels(labels: ImageLabels) -> ImageLabels:
+    """The distinct classes of every image (``P`` labels)."""
+    image_idx, class_idx = labels.unique_pairs()
+    offsets = np.zeros(labels.num_images + 1, dtype=np.int64)
+    np.cumsum(np.bincount(image_idx, minlength=labels.num_images), out=offsets[1:])
+    return ImageLabels(class_idx, offsets, labels.num_classes)
+
+
+def background_keep_count(num_background: int, background_ratio: float | None,
+                          background_count: int | None) -> int:
+    """How many of the ``num_background`` background-only images an epoch keeps.
+
+    Args:
+        num_background: background-only images in the dataset.
+        background_ratio: fraction to keep, in ``[0, 1]``; rounded to the nearest count.
+        background_count: number to keep, at most ``num_background``.
+
+    Returns:
+        The count; all of them when neither argument is given.
+
+    Raises:
+        ValueError: if both are given, the ratio is outside ``[0, 1]``, or the count is negative
+            or larger than ``num_background``.
+    """
+    if background_ratio is not None and background_count is not None:
+        raise ValueError("give background_ratio or background_count, not both (got "
+                         f"{background_ratio!r} and {background_count!r})")
+    if background_count is not None:
+        if not isinstance(background_count, int) or not 0 <= background_count <= num_background:
+            raise ValueError(f"background_count must be an int in [0, {num_background}] (the "
+                             f"number of background-only images), got {background_count!r}")
+        return background_count
+    ratio = 1.0 if background_ratio is None else background_ratio
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"background_ratio must lie in [0, 1], got {background_ratio!r}")
+    return int(np.floor(ratio * num_background + 0.5))
+
+
+@DATA_SAMPLERS.register_module()
+class UndersampleSampler(ResamplingSampler):
+    """Sampler that draws, every epoch, a subset of images that under-samples majority classes.
+
+    See the module docstring for the draw. Each epoch is a fresh subset (a function of
+    ``(seed, epoch)``), shuffled and split across ranks as in
+    :class:`~mmimb.samplers._common.ResamplingSampler`; each image appears at most once per
+    epoch. :meth:`report` tells how many images of each class an epoch kept.
+
+    Config example::
+
+        train_dataloader = dict(sampler=dict(
+            type='UndersampleSampler', sampling_strategy=0.1, background_ratio=0.5))
+
+    Args:
+        dataset: the training set.
+        sampling_strategy: target images per class, in imbalanced-learn's terms: a float ratio
+            ``n_minority / n_c`` in ``(0, 1]``, ``'auto'``/``'not minority'``, ``'majority'``,
+            ``'not majority'``, ``'all'``, a dict of class name (or index) to count, or a
+            callable that maps ``{class: image count}`` to such a dict
+            (see :func:`mmimb.stats.undersampling_targets`).
+        background_ratio: fraction of the background-only images to keep each epoch.
+        background_count: number of background-only images to keep each epoch (instead of a
+            ratio). With neither, all are kept.
+        seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
+        shuffle: shuffle each epoch.
+        infinite: go through epochs without end (iteration-based training).
+
+    Attributes:
+        targets: ``int64[C]`` target images per class; classes with ``targets < image_counts``
+            are reduced.
+        stats: the dataset's :class:`~mmimb.stats.ClassStats`.
+
+    Raises:
+        ValueError: on an invalid ``sampling_strategy`` (one that names unknown classes or asks
+            to increase a class included), invalid background arguments, an empty dataset, or
+            arguments that leave no image to sample.
+    """
+
+    def __init__(self, dataset: Sized, sampling_strategy: Any = "auto",
+                 background_ratio: float | None = None, background_count: int | None = None,
+                 seed: int | None = None, shuffle: bool = True, infinite: bool = False) -> None:
+        labels = read_image_labels(dataset)
+        classes = tuple(getattr(dataset, "metainfo", {}).get("classes", ()))
+        self.stats = ClassStats.from_image_labels(
+            labels, classes if len(classes) == labels.num_classes else ())
+        self.targets = undersampling_targets(self.stats, sampling_strategy)
+        self._distinct = _distinct_labels(labels)
+        self._pair_images = self._distinct.image_index
+        reduced = self.targets < self.stats.image_counts
+        # Images holding a class that is not reduced are never dropped.
+        self._protected = np.zeros(labels.num_images, dtype=bool)
+        self._protected[self._pair_images[~reduced[self._distinct.labels]]] = True
+        self._background = np.flatnonzero(np.diff(labels.offsets) == 0)
+        self._num_background_kept = background_keep_count(
+            len(self._background), background_ratio, background_count)
+        if not (self._protected.any() or self.targets.any() or self._num_background_kept):
+            raise ValueError("sampling_strategy and the background arguments leave no image "
+                             "to sample")
+        # Images of each class, grouped by class: class c owns
+        # _class_images[_class_offsets[c]:_class_offsets[c + 1]].
+        order = np.argsort(self._distinct.labels, kind="stable")
+        self._class_images = self._pair_images[order]
+        self._class_offsets = np.zeros(labels.num_classes + 1, dtype=np.int64)
+        np.cumsum(self.stats.image_counts, out=self._class_offsets[1:])
+        # Rarest reduced classes first: their images are the scarcest.
+        reduced_idx = np.flatnonzero(reduced)
+        self._visit_order = reduced_idx[np.argsort(self.stats.image_counts[reduced_idx],
+                                                   kind="stable")]
+        super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
+
+    def _class_counts(self, images: np.ndarray) -> np.ndarray:
+        """``int64[C]``: how many of ``images`` (distinct) contain each class."""
+        return np.bincount(self._distinct.subset(images).labels,
+                           minlength=self._distinct.num_classes)
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        kept = self._protected.copy()
+        kept[rng.choice(self._background, self._num_background_kept, replace=False)] = True
+        counts = self._class_counts(np.flatnonzero(kept))
+        for c in self._visit_order:
+            need = self.targets[c] - counts[c]
+            if need <= 0:
+                continue
+            images = self._class_images[self._class_offsets[c]:self._class_offsets[c + 1]]
+            picked = rng.choice(images[~kept[images]], need, replace=False)
+            kept[picked] = True
+            counts += self._class_counts(picked)
+        return np.flatnonzero(kept)
+
+    def kept_counts(self, epoch: int | None = None) -> np.ndarray:
+        """``int64[C]``: images of each class in the subset of ``epoch`` (current by default)."""
+        return self._class_counts(self.epoch_indices(epoch))
+
+    def report(self, epoch: int | None = None) -> dict[str, Any]:
+        """Per-class image counts before and after under-sampling, for logging or JSON.
+
+        Returns:
+            ``classes``, ``image_counts``, ``targets``, ``kept_counts`` (lists over classes)
+            and ``num_images``, ``num_kept``, ``num_background``, ``num_background_kept``.
+        """
+        indices = self.epoch_indices(epoch)
+        return {
+            "epoch": self.epoch if epoch is None else epoch,
+            "classes": list(self.stats.classes),
+            "image_counts": self.stats.image_counts.tolist(),
+            "targets": self.targets.tolist(),
+            "kept_counts": self._class_counts(indices).tolist(),
+            "num_images": self.stats.num_images,
+            "num_kept": len(indices),
+            "num_background": len(self._background),
+            "num_background_kept": self._num_background_kept,
+        }
