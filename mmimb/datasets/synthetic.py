@@ -150,9 +150,8 @@ def _background(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     """``float[H, W, 3]`` noisy, smoothly varying background."""
     n = cfg.image_size
     coarse = rng.uniform(60, 200, size=(4, 4, 3))
-    smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((n, n), Image.BILINEAR),
-                        dtype=np.float64)
-    return smooth + rng.normal(0, 8, size=(n, n, 3))
+    smooth = Image.fromarray(coarse.astype(np.uint8)).resize((n, n), Image.Resampling.BILINEAR)
+    return np.asarray(smooth, dtype=np.float64) + rng.normal(0, 8, size=(n, n, 3))
 
 
 def _place(boxes: list[tuple[int, int, int]], size: int, n: int,

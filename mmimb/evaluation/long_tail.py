@@ -156,3 +156,21 @@ def write_report(result: LongTailResult, out_dir: str | Path, stem: str = "long_
     (out / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))
     (out / f"{stem}.md").write_text(format_table(result) + "\n")
     return out / f"{stem}.json"
+
+
+def load_result(path: str | Path) -> LongTailResult:
+    """Read a report written by :func:`write_report`."""
+    data = json.loads(Path(path).read_text())
+    return LongTailResult(data["overall"], data["classes"], data["groups"], data["count_by"],
+                          data.get("thresholds", {}))
+
+
+def compare_table(results: dict[str, LongTailResult]) -> str:
+    """One Markdown row per run: overall AP and the AP of each frequency group."""
+    lines = ["| run | mAP | AP50 | AP rare | AP common | AP frequent |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        groups = " | ".join(_fmt(r.groups[g]["AP"]) for g in GROUP_NAMES)
+        lines.append(f"| {name} | {_fmt(r.overall['mAP'])} | {_fmt(r.overall['mAP_50'])} | "
+                     f"{groups} |")
+    return "\n".join(lines)

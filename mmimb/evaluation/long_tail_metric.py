@@ -61,6 +61,9 @@ class LongTailMetric(CocoMetric):
     """
 
     default_prefix = "lt"
+    _coco_api: COCO | None  # set by CocoMetric
+    cat_ids: list[int] | None
+    img_ids: list[int] | None
 
     def __init__(self, ann_file: str | None = None, train_ann_file: str | None = None,
                  class_counts: Sequence[float] | str | None = None, count_by: str = "image",
