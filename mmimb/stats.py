@@ -223,7 +223,9 @@ def effective_number(counts: Sequence[float] | np.ndarray, beta: float) -> np.nd
     """
     _check_beta(beta)
     n = np.asarray(counts, dtype=np.float64)
-    return -np.expm1(n * np.log1p(-beta)) / (1.0 - beta) if beta > 0 else (n > 0).astype(float)
+    if beta == 0:
+        return (n > 0).astype(np.float64)
+    return -np.expm1(n * np.log(beta)) / (1.0 - beta)
 
 
 def class_balanced_weights(counts: Sequence[float] | np.ndarray, beta: float) -> np.ndarray:
