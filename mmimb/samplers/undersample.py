@@ -2,18 +2,22 @@
 
 The target number of images per class follows imbalanced-learn's ``sampling_strategy``
 (:func:`mmimb.stats.undersampling_targets`). Detection images hold several classes, so the
-draw works on images:
+draw works on images. Every epoch:
 
 1. An image that contains a class that is *not* reduced is always kept (it cannot be dropped
    without losing that class's boxes).
-2. Background-only images are kept by an explicit ratio or count.
-3. The reduced classes are visited from the rarest to the most frequent; each draws, uniformly
-   and without replacement among its images not kept yet, as many images as it still lacks to
-   reach its target, counting the images that earlier steps kept for it.
+2. Background-only images are kept by an explicit ratio or count, drawn uniformly.
+3. Every reduced class ``c`` draws ``target_c`` of its ``n_c`` images uniformly without
+   replacement, and every drawn image is kept. The draws of all classes follow one random
+   order of the images (each class takes its first ``target_c`` images in that order), so that
+   classes that share images also share their draws and keep fewer images in all.
 
-So every reduced class ends with at least its target (more only when the images kept for other
-classes contain it too), single-label datasets hit the targets exactly, and since the subset is
-redrawn from ``(seed, epoch)`` every epoch, no image is lost for good.
+Hence every reduced class keeps at least its target (more when the images kept for other
+classes, or the protected ones, contain it too), single-label datasets keep exactly the targets,
+and every image is kept with probability at least ``target_c / n_c`` for each of its classes:
+the subset is redrawn from ``(seed, epoch)`` every epoch, so no image is lost for good. (Counting
+the images kept in steps 1-2 towards the targets would cut the excess, but would drop for ever
+the images of a class that the protected images already fill.)
 
 Shape shorthand: ``N`` images, ``C`` classes, ``P`` distinct (image, class) pairs.
 """
@@ -127,16 +131,14 @@ class UndersampleSampler(ResamplingSampler):
         if not (self._protected.any() or self.targets.any() or self._num_background_kept):
             raise ValueError("sampling_strategy and the background arguments leave no image "
                              "to sample")
-        # Images of each class, grouped by class: class c owns
-        # _class_images[_class_offsets[c]:_class_offsets[c + 1]].
+        # The (image, class) pairs of the reduced classes, grouped by class, and for each pair
+        # the position of its class's first pair.
         order = np.argsort(self._distinct.labels, kind="stable")
-        self._class_images = self._pair_images[order]
-        self._class_offsets = np.zeros(labels.num_classes + 1, dtype=np.int64)
-        np.cumsum(self.stats.image_counts, out=self._class_offsets[1:])
-        # Rarest reduced classes first: their images are the scarcest.
-        reduced_idx = np.flatnonzero(reduced)
-        self._visit_order = reduced_idx[np.argsort(self.stats.image_counts[reduced_idx],
-                                                   kind="stable")]
+        order = order[reduced[self._distinct.labels[order]]]
+        self._reduced_images = self._pair_images[order]
+        self._reduced_classes = self._distinct.labels[order]
+        starts = np.concatenate([[0], np.cumsum(self.stats.image_counts * reduced)[:-1]])
+        self._pair_rank0 = starts[self._reduced_classes]
         super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
 
     def _class_counts(self, images: np.ndarray) -> np.ndarray:
@@ -147,15 +149,13 @@ class UndersampleSampler(ResamplingSampler):
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
         kept = self._protected.copy()
         kept[rng.choice(self._background, self._num_background_kept, replace=False)] = True
-        counts = self._class_counts(np.flatnonzero(kept))
-        for c in self._visit_order:
-            need = self.targets[c] - counts[c]
-            if need <= 0:
-                continue
-            images = self._class_images[self._class_offsets[c]:self._class_offsets[c + 1]]
-            picked = rng.choice(images[~kept[images]], need, replace=False)
-            kept[picked] = True
-            counts += self._class_counts(picked)
+        priority = rng.permutation(len(kept))
+        # Sort each class's pairs by the images' priority; a pair's rank within its class then
+        # says whether the class draws that image.
+        order = np.lexsort((priority[self._reduced_images], self._reduced_classes))
+        rank = np.arange(len(order)) - self._pair_rank0
+        classes = self._reduced_classes  # unchanged by the sort: it is grouped by class
+        kept[self._reduced_images[order][rank < self.targets[classes]]] = True
         return np.flatnonzero(kept)
 
     def kept_counts(self, epoch: int | None = None) -> np.ndarray:
