@@ -28,8 +28,8 @@ model = dict(
             featmap_strides=[8, 16, 32]),
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=12)),
     train_cfg=dict(
-        rpn_proposal=dict(nms_pre=1000, max_per_img=500),
-        rcnn=dict(sampler=dict(num=256))),
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=dict(sampler=dict(num=128))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=300),
         rcnn=dict(score_thr=0.05, max_per_img=100)))
