@@ -211,6 +211,7 @@ def test_non_finite_logits_follow_the_documented_behaviour() -> None:
     (lambda p, y: sigmoid_focal_loss(p, torch.zeros(N, C + 1)), "target"),
     (lambda p, y: sigmoid_focal_loss(p[0], y), "pred"),
     (lambda p, y: sigmoid_focal_loss_sum(p, y[:3]), "labels"),
+    (lambda p, y: sigmoid_focal_loss_sum(p, y > 0), "labels"),
     (lambda p, y: sigmoid_focal_loss_sum(p, y, weight=torch.ones(N + 1)), "weight"),
     (lambda p, y: sigmoid_focal_loss_sum(p, y, gamma=float("nan")), "gamma"),
     (lambda p, y: softmax_focal_loss(p, y, class_weight=torch.ones(C + 2)), "class_weight"),

@@ -51,7 +51,8 @@ def _check_pred(pred: Tensor, name: str = "pred") -> None:
 
 
 def _check_labels(labels: Tensor, num_rows: int, name: str = "target") -> None:
-    if labels.dim() != 1 or labels.shape[0] != num_rows or labels.is_floating_point():
+    if (labels.dim() != 1 or labels.shape[0] != num_rows or labels.is_floating_point()
+            or labels.is_complex() or labels.dtype == torch.bool):
         raise ValueError(
             f"{name} must be an integer Tensor[N] with N={num_rows}, got dtype {labels.dtype} "
             f"and shape {tuple(labels.shape)}")
@@ -165,19 +166,21 @@ def _focal_sum_and_grad(pred: Tensor, labels: Tensor, alpha: Tensor | None, clas
     With the signed logit ``z = x`` for the target class and ``z = -x`` otherwise,
     ``q = sigmoid(-z) = 1 - p_t`` and ``bce = softplus(-z) = -log p_t``; the loss
     ``L = c * q**gamma * bce`` (``c`` the product of the alpha and weight factors) has the
-    closed-form derivative ``dL/dz = -c * q**gamma * (gamma * (1 - q) * bce + q)``, which never
-    divides by ``q``, so it is finite for any finite logit and any ``gamma >= 0``.
+    closed-form derivative ``dL/dz = -c * q**gamma * (q + gamma * (1 - q) * bce)``, which never
+    divides by ``q``, so it is finite for any finite logit and any ``gamma >= 0``. Eagerly this
+    is about a dozen element-wise passes (against about thirty for autograd through the
+    textbook formula); compiled, one.
 
     Returns:
-        ``(total, grad)``: the ``float32`` (or ``float64``) scalar ``sum(L)``, accumulated in
-        ``float64``, and ``dL/dx`` as ``Tensor[N, C]`` in ``pred``'s dtype.
+        ``(total, grad)``: the scalar ``sum(L)``, accumulated in ``float64``, and ``dL/dx`` as
+        ``Tensor[N, C]``, both in the compute dtype (``float32``, or ``float64``).
     """
     x = pred.to(_compute_dtype(pred))
     is_pos = labels[:, None] == torch.arange(x.shape[1], device=x.device)
-    z = torch.where(is_pos, x, -x)
-    e = torch.exp(-z.abs())
-    bce = torch.log1p(e) + torch.clamp(-z, min=0)
-    q = torch.where(z >= 0, e, torch.ones_like(e)) / (1 + e)
+    minus_z = torch.where(is_pos, -x, x)
+    # softplus is linear beyond 20: relative error below 1e-9, immaterial even in float64.
+    bce = F.softplus(minus_z)
+    q = torch.sigmoid(minus_z)
     coef = q.pow(gamma)
     if alpha is not None:
         coef = coef * torch.where(is_pos, alpha, 1 - alpha)
@@ -186,8 +189,8 @@ def _focal_sum_and_grad(pred: Tensor, labels: Tensor, alpha: Tensor | None, clas
     if weight is not None:
         coef = coef * weight
     total = (coef * bce).sum(dtype=torch.float64).to(x.dtype)
-    dz = -coef * (gamma * (1 - q) * bce + q)
-    return total, torch.where(is_pos, dz, -dz).to(pred.dtype)
+    grad_minus_z = torch.addcmul(q, 1 - q, bce, value=gamma) * coef  # = dL/d(-z)
+    return total, torch.where(is_pos, -grad_minus_z, grad_minus_z)
 
 
 _compiled_kernel: _KernelFn | None = None
@@ -242,14 +245,18 @@ class _SigmoidFocalSum(torch.autograd.Function):
                 alpha: Tensor | None, class_weight: Tensor | None, weight: Tensor | None,
                 gamma: float, use_compile: bool | None) -> Tensor:
         total, grad = _run_kernel(use_compile, pred, labels, alpha, class_weight, weight, gamma)
+        # Saved in the compute dtype: scaling half-precision gradients by 1 / avg_factor only
+        # after the cast could flush them to zero.
         ctx.save_for_backward(grad)
+        ctx.pred_dtype = pred.dtype  # type: ignore[attr-defined]
         return total
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,
                  grad_total: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * grad_total.to(grad.dtype), None, None, None, None, None, None
+        grad_pred = (grad * grad_total.to(grad.dtype)).to(ctx.pred_dtype)  # type: ignore[attr-defined]
+        return grad_pred, None, None, None, None, None, None
 
 
 def sigmoid_focal_loss_sum(pred: Tensor, labels: Tensor, alpha: float | Tensor | None = 0.25,
