@@ -1,0 +1,474 @@
+"""Rare-class copy-paste: paste object crops of the classes that training statistics choose.
+
+:class:`RareClassCopyPaste` is a single-image transform of a normal mmdet training pipeline
+(no ``MultiImageMixDataset``), placed after ``LoadAnnotations`` and before ``PackDetInputs``.
+mmdet's ``CopyPaste`` (Ghiasi et al., "Simple Copy-Paste is a Strong Data Augmentation Method for
+Instance Segmentation", CVPR 2021) pastes the objects of another random image; here the pasted
+objects come from a bank of crops of the classes that need them (:mod:`mmimb.transforms.
+crop_bank`), the idea of class-aware copy-paste for long-tailed detection (e.g. Zhang et al.,
+"A Simple and Effective Use of Object-Centric Images for Long-Tailed Object Detection", 2021;
+Dvornik et al., "Modeling Visual Context is Key to Augmenting Object Detection Datasets",
+ECCV 2018, for boxes without masks).
+
+The pure core is :func:`paste_patches`: given the objects to paste and where, it blends them and
+updates the annotations. Occlusion: every object (existing or pasted earlier) owns a region,
+its instance mask when masks are known and its box otherwise; the pixels of the region that a
+later paste covers (opacity >= 0.5) are hidden. An object with more than ``occlusion_thr`` of its
+region hidden is removed; otherwise its mask loses the hidden pixels and, with ``clip_boxes``,
+its box shrinks to the bounding box of what is still visible.
+
+Shape shorthand: ``H x W`` image, ``N`` objects before, ``M`` after, ``h x w`` one patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import mmcv
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmdet.registry import TRANSFORMS
+from mmdet.structures.bbox import BaseBoxes
+from mmdet.structures.mask import BitmapMasks
+
+from mmimb.transforms._common import (
+    ProcessRNG,
+    build_annotation_dataset,
+    check_number,
+    check_unit_interval,
+)
+from mmimb.transforms.crop_bank import (
+    CropBank,
+    check_freq_thr,
+    crop_bank_from_dataset,
+)
+
+#: How a crop without a mask is blended: ``'rect'`` opaque, ``'soft'`` with a feathered border.
+BLENDS: tuple[str, str] = ("rect", "soft")
+#: Width of the feathered border of a ``'soft'`` paste, as a fraction of the patch's shorter side.
+SOFT_EDGE = 0.15
+#: A pixel is covered by a patch (hides what is below, belongs to its mask) from this opacity on.
+COVER_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One object to paste.
+
+    Attributes:
+        pixels: ``[h, w, 3]`` the object's pixels, same channel order as the image.
+        alpha: ``float32[h, w]`` opacity in ``[0, 1]``.
+        x: column of the patch's left edge; ``0 <= x <= W - w``.
+        y: row of the patch's top edge; ``0 <= y <= H - h``.
+        label: class index.
+        tight: the pasted box is the bounding box of the covered pixels (masks) instead of the
+            whole patch.
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray
+    x: int
+    y: int
+    label: int
+    tight: bool = False
+
+
+@dataclass(frozen=True)
+class PasteResult:
+    """Output of :func:`paste_patches`.
+
+    Attributes:
+        img: ``[H, W, 3]`` the image with the patches (a new array).
+        boxes: ``float32[M, 4]`` ``x1, y1, x2, y2``: the kept objects, then the pasted ones.
+        labels: ``int64[M]``.
+        ignore: ``bool[M]``; pasted objects are never ignored.
+        masks: ``uint8[M, H, W]`` when masks were given, else ``None``.
+        kept: ``bool[N]`` which of the original objects remain.
+        num_pasted: number of pasted objects among the ``M`` (``M - kept.sum()``).
+    """
+
+    img: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    ignore: np.ndarray
+    masks: np.ndarray | None
+    kept: np.ndarray
+    num_pasted: int
+
+
+def _pixel_rect(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer pixel bounds ``x0, y0, x1, y1`` of the pixels a float box touches, in the image."""
+    x0 = min(max(int(np.floor(box[0])), 0), width)
+    y0 = min(max(int(np.floor(box[1])), 0), height)
+    x1 = min(max(int(np.ceil(box[2])), x0), width)
+    y1 = min(max(int(np.ceil(box[3])), y0), height)
+    return x0, y0, x1, y1
+
+
+def _visible_box(visible: np.ndarray, x0: int, y0: int, box: np.ndarray) -> np.ndarray:
+    """Bounding box of the ``True`` pixels of ``visible`` (offset ``x0, y0``), within ``box``."""
+    rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
+    tight = np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
+                     dtype=np.float32)
+    return np.concatenate([np.maximum(box[:2], tight[:2]), np.minimum(box[2:], tight[2:])])
+
+
+def _blend(region: np.ndarray, patch: Patch) -> None:
+    if np.all(patch.alpha >= 1):
+        region[...] = patch.pixels
+        return
+    a = patch.alpha[..., None]
+    mixed = a * patch.pixels.astype(np.float32) + (1 - a) * region.astype(np.float32)
+    region[...] = np.rint(mixed) if np.issubdtype(region.dtype, np.integer) else mixed
+
+
+def paste_patches(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                  ignore: np.ndarray | None, masks: np.ndarray | None,
+                  patches: Sequence[Patch], occlusion_thr: float = 0.7,
+                  clip_boxes: bool = True) -> PasteResult:
+    """Paste ``patches`` in order onto ``img`` and update the annotations (see module docstring).
+
+    Args:
+        img: ``[H, W, 3]`` image (any dtype; integer images are blended with rounding).
+        boxes: ``float[N, 4]`` existing boxes ``x1, y1, x2, y2``.
+        labels: ``int[N]`` their classes.
+        ignore: ``bool[N]`` their ignore flags, or ``None`` (none ignored).
+        masks: ``[N, H, W]`` their instance masks, or ``None`` (boxes only).
+        patches: objects to paste, later ones on top of earlier ones.
+        occlusion_thr: an object with a hidden fraction above this is removed.
+        clip_boxes: shrink the box of a partly hidden object to its visible part.
+
+    Returns:
+        The new image and annotations.
+
+    Raises:
+        ValueError: if a patch does not lie inside the image or the inputs disagree in length.
+    """
+    height, width = img.shape[:2]
+    n = len(boxes)
+    if len(labels) != n or (ignore is not None and len(ignore) != n) \
+            or (masks is not None and len(masks) != n):
+        raise ValueError(f"boxes ({n}), labels ({len(labels)}), ignore and masks disagree")
+    out = img.copy()
+    # top[y, x]: the last patch covering the pixel, -1 where the original image shows.
+    top = np.full((height, width), -1, dtype=np.int32)
+    pasted: list[tuple[Patch, np.ndarray, np.ndarray]] = []  # patch, cover, box
+    for p in patches:
+        h, w = p.alpha.shape
+        if not (0 <= p.x <= width - w and 0 <= p.y <= height - h) or p.pixels.shape[:2] != (h, w):
+            raise ValueError(f"patch {h}x{w} at x={p.x}, y={p.y} does not lie inside the "
+                             f"{height}x{width} image or its pixels disagree with its alpha")
+        cover = p.alpha >= COVER_ALPHA
+        if not cover.any():
+            continue
+        _blend(out[p.y:p.y + h, p.x:p.x + w], p)
+        top[p.y:p.y + h, p.x:p.x + w][cover] = len(pasted)
+        if p.tight:
+            box = _visible_box(cover, p.x, p.y, np.array([0, 0, width, height], np.float32))
+        else:
+            box = np.array([p.x, p.y, p.x + w, p.y + h], dtype=np.float32)
+        pasted.append((p, cover, box))
+
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    new_masks = None if masks is None else np.asarray(masks, dtype=np.uint8).copy()
+    kept = np.ones(n, dtype=bool)
+    new_boxes = boxes.copy()
+    hidden_by_paste = top >= 0
+    for i in range(n):
+        x0, y0, x1, y1 = _pixel_rect(boxes[i], height, width)
+        if new_masks is not None and new_masks[i].any():
+            region = new_masks[i].astype(bool)
+            hidden = region & hidden_by_paste
+            frac = hidden.sum() / region.sum()
+            if frac > 0:
+                new_masks[i][hidden] = 0
+                if clip_boxes and frac <= occlusion_thr:
+                    new_boxes[i] = _visible_box(region & ~hidden, 0, 0, boxes[i])
+        else:
+            if x1 <= x0 or y1 <= y0:
+                continue
+            hidden = hidden_by_paste[y0:y1, x0:x1]
+            frac = hidden.mean()
+            if frac > 0 and clip_boxes and frac <= occlusion_thr:
+                new_boxes[i] = _visible_box(~hidden, x0, y0, boxes[i])
+        kept[i] = frac <= occlusion_thr
+
+    out_boxes = [new_boxes[kept]]
+    out_labels = [np.asarray(labels, dtype=np.int64)[kept]]
+    out_masks = [] if new_masks is None else [new_masks[kept]]
+    for j, (p, cover, box) in enumerate(pasted):
+        h, w = cover.shape
+        later = top[p.y:p.y + h, p.x:p.x + w] > j
+        region = cover if p.tight else np.ones_like(cover)
+        frac = (region & later).sum() / region.sum()
+        if frac > occlusion_thr:
+            continue
+        visible = region & ~later
+        if frac > 0 and clip_boxes:
+            box = _visible_box(visible, p.x, p.y, box)
+        out_boxes.append(box[None])
+        out_labels.append(np.array([p.label], dtype=np.int64))
+        if new_masks is not None:
+            full = np.zeros((1, height, width), dtype=np.uint8)
+            full[0, p.y:p.y + h, p.x:p.x + w] = cover & ~later
+            out_masks.append(full)
+    all_boxes = np.concatenate(out_boxes).astype(np.float32)
+    num_pasted = len(all_boxes) - int(kept.sum())
+    old_ignore = np.zeros(n, bool) if ignore is None else np.asarray(ignore, dtype=bool)
+    return PasteResult(
+        img=out,
+        boxes=all_boxes,
+        labels=np.concatenate(out_labels),
+        ignore=np.concatenate([old_ignore[kept], np.zeros(num_pasted, dtype=bool)]),
+        masks=None if new_masks is None else np.concatenate(out_masks),
+        kept=kept,
+        num_pasted=num_pasted)
+
+
+def soft_alpha(height: int, width: int, edge: float = SOFT_EDGE) -> np.ndarray:
+    """``float32[h, w]`` opacity that rises linearly over a border of ``edge * min(h, w)`` pixels.
+
+    The opacity is the product of a row ramp and a column ramp; the outermost pixels get
+    ``1 / (b + 1)`` for a border of ``b`` pixels, the inside 1.
+    """
+    border = max(1, round(edge * min(height, width)))
+
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n)
+        return np.clip((np.minimum(i, n - 1 - i) + 1) / (border + 1), 0, 1).astype(np.float32)
+
+    return ramp(height)[:, None] * ramp(width)[None, :]
+
+
+def _check_num_objects(num_objects: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(num_objects, int | np.integer) and not isinstance(num_objects, bool):
+        lo = hi = int(num_objects)
+    elif isinstance(num_objects, Sequence) and len(num_objects) == 2 and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in num_objects):
+        lo, hi = int(num_objects[0]), int(num_objects[1])
+    else:
+        raise ValueError(f"num_objects must be an int k >= 0 or a range (k_min, k_max) of ints, "
+                         f"got {num_objects!r}")
+    if not 0 <= lo <= hi:
+        raise ValueError(f"num_objects must satisfy 0 <= k_min <= k_max, got {num_objects!r}")
+    return lo, hi
+
+
+def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
+    if not (isinstance(scale_range, Sequence) and len(scale_range) == 2):
+        raise ValueError(f"scale_range must be (min, max), got {scale_range!r}")
+    lo = check_number(scale_range[0], "scale_range[0]", strict=True)
+    hi = check_number(scale_range[1], "scale_range[1]", strict=True)
+    if lo > hi:
+        raise ValueError(f"scale_range must have min <= max, got {scale_range!r}")
+    return lo, hi
+
+
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+@TRANSFORMS.register_module()
+class RareClassCopyPaste(BaseTransform):
+    """Paste ``k`` object crops of rare classes into the image, with scale jitter.
+
+    The crops come from a bank built once per process from the training set (see
+    :mod:`mmimb.transforms.crop_bank` for which classes and how many crops, and
+    :mod:`mmimb.transforms._common` for how the transform gets the dataset and its determinism
+    contract). For each image: with probability ``prob``, draw ``k`` uniformly in
+    ``num_objects``; for each object a class ``c ~ P(c)``, a crop of ``c`` uniformly, a scale
+    ``s`` log-uniform in ``scale_range`` and a horizontal flip with ``flip_prob``. The crop is
+    resized to ``s`` times its original size, times the image's ``scale_factor`` when an earlier
+    ``Resize`` set one (so objects keep their dataset scale relative to the image), shrunk to fit
+    when larger than the image, placed uniformly at random so it lies inside the image, and
+    pasted (:func:`paste_patches`) through its instance mask when the bank has masks, else as a
+    rectangle (``blend='rect'``) or with a feathered border (``blend='soft'``).
+
+    Required keys: ``img``, ``gt_bboxes`` (``HorizontalBoxes`` or an array), ``gt_bboxes_labels``;
+    optional ``gt_ignore_flags``, ``gt_masks`` (``BitmapMasks`` or ``PolygonMasks``),
+    ``scale_factor``.
+    Modified keys: ``img``, ``gt_bboxes``, ``gt_bboxes_labels``, ``gt_ignore_flags``, ``gt_masks``
+    (becomes ``BitmapMasks``). Added key: ``num_pasted`` (objects pasted and kept).
+    ``img_shape`` does not change; ``gt_seg_map`` is not updated.
+
+    Args:
+        dataset: the training set or its config dict (e.g. ``{{_base_.train_dataloader.
+            dataset}}``); read once per process for statistics and crops.
+        classes: paste only these class names (further limited by ``freq_thr``).
+        freq_thr: paste classes whose image frequency ``f_c <= freq_thr``; ``None``: all.
+        power: class weights ``(1 / f_c) ** power``.
+        num_objects: ``k``, or a range ``(k_min, k_max)`` drawn uniformly (both inclusive).
+        prob: probability of pasting into an image at all.
+        scale_range: ``(min, max)`` of the scale jitter ``s``.
+        flip_prob: probability of flipping a crop horizontally.
+        blend: ``'rect'`` or ``'soft'``, for crops without mask.
+        use_masks: crop instance masks (``True``), boxes only (``False``), or masks when the
+            annotations have them (``'auto'``).
+        occlusion_thr: fraction of an object's region that may be hidden before it is removed.
+        clip_boxes: shrink partly hidden boxes to their visible part.
+        max_crops_per_class: most crops per class in the bank.
+        min_crop_size: smallest box side (pixels) of a crop.
+        max_crop_side: longer side above which crops are stored downscaled.
+        seed: seed of the bank and of the per-image draws.
+        lazy_init: build the bank on the first call; ``False`` builds it now (in the main
+            process, before data loader workers fork and share it).
+        backend_args: file backend for reading the bank's images.
+
+    Raises:
+        ValueError: naming the argument: at construction for invalid values (``k < 0``, a
+            probability outside ``[0, 1]`` ...); when the bank is built for unknown class
+            names, a choice of no class, or an empty bank.
+    """
+
+    def __init__(self, dataset: Any, classes: Sequence[str] | None = None,
+                 freq_thr: float | None = 0.1, power: float = 1.0,
+                 num_objects: int | Sequence[int] = (1, 3), prob: float = 1.0,
+                 scale_range: Sequence[float] = (0.8, 1.25), flip_prob: float = 0.5,
+                 blend: str = "soft", use_masks: bool | str = "auto",
+                 occlusion_thr: float = 0.7, clip_boxes: bool = True,
+                 max_crops_per_class: int = 50, min_crop_size: float = 4,
+                 max_crop_side: int = 256, seed: int = 0, lazy_init: bool = True,
+                 backend_args: dict[str, Any] | None = None) -> None:
+        if dataset is None:
+            raise ValueError("dataset is required: the training set or its config dict")
+        if classes is not None and (isinstance(classes, str) or not all(
+                isinstance(c, str) for c in classes)):
+            raise ValueError(f"classes must be a list of class names, got {classes!r}")
+        check_freq_thr(freq_thr)
+        if blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+        if use_masks not in (True, False, "auto"):
+            raise ValueError(f"use_masks must be True, False or 'auto', got {use_masks!r}")
+        self.dataset = dataset
+        self.classes = None if classes is None else list(classes)
+        self.freq_thr = freq_thr
+        self.power = check_number(power, "power")
+        self.num_objects = _check_num_objects(num_objects)
+        self.prob = check_unit_interval(prob, "prob")
+        self.scale_range = _check_scale_range(scale_range)
+        self.flip_prob = check_unit_interval(flip_prob, "flip_prob")
+        self.blend = blend
+        self.use_masks = use_masks
+        self.occlusion_thr = check_unit_interval(occlusion_thr, "occlusion_thr", "a fraction")
+        self.clip_boxes = bool(clip_boxes)
+        self.max_crops_per_class = _positive_int(max_crops_per_class, "max_crops_per_class")
+        self.min_crop_size = check_number(min_crop_size, "min_crop_size")
+        self.max_crop_side = _positive_int(max_crop_side, "max_crop_side")
+        self.backend_args = backend_args
+        self._rng = ProcessRNG(seed)
+        self.seed = self._rng.seed
+        self._bank: CropBank | None = None
+        if not lazy_init:
+            self.full_init()
+
+    def full_init(self) -> None:
+        """Build the crop bank (once; later calls return at once)."""
+        _ = self.bank
+
+    @property
+    def bank(self) -> CropBank:
+        """The crop bank, built on first access."""
+        if self._bank is None:
+            self._bank = crop_bank_from_dataset(
+                build_annotation_dataset(self.dataset), classes=self.classes,
+                freq_thr=self.freq_thr, power=self.power,
+                max_crops_per_class=self.max_crops_per_class, min_crop_size=self.min_crop_size,
+                max_crop_side=self.max_crop_side, use_masks=self.use_masks, seed=self.seed,
+                backend_args=self.backend_args)
+        return self._bank
+
+    def draw_patches(self, rng: np.random.Generator, height: int, width: int,
+                     scale_factor: Sequence[float] = (1.0, 1.0)) -> list[Patch]:
+        """Draw the objects to paste into an ``height x width`` image (a number ``k`` of them).
+
+        Args:
+            rng: the generator to draw from.
+            height: image height.
+            width: image width.
+            scale_factor: ``(w_scale, h_scale)`` of an earlier resize of the image.
+
+        Returns:
+            ``k`` patches, each inside the image.
+        """
+        bank = self.bank
+        lo, hi = self.num_objects
+        log_lo, log_hi = np.log(self.scale_range)
+        patches = []
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            c = int(rng.choice(len(bank.class_probs), p=bank.class_probs))
+            members = bank.by_class[c]
+            k = int(members[rng.integers(len(members))])
+            pixels, mask = bank.crop(k)
+            s = float(np.exp(rng.uniform(log_lo, log_hi))) / bank.scales[k]
+            th = max(1, round(pixels.shape[0] * s * scale_factor[1]))
+            tw = max(1, round(pixels.shape[1] * s * scale_factor[0]))
+            if th > height or tw > width:
+                fit = min(height / th, width / tw)
+                th, tw = max(1, int(th * fit)), max(1, int(tw * fit))
+            flip = rng.random() < self.flip_prob
+            x = int(rng.integers(0, width - tw + 1))
+            y = int(rng.integers(0, height - th + 1))
+            if (th, tw) != pixels.shape[:2]:
+                pixels = mmcv.imresize(pixels, (tw, th), interpolation="bilinear")
+            if mask is not None:
+                alpha = mmcv.imresize(mask.astype(np.float32), (tw, th),
+                                      interpolation="bilinear") if (th, tw) != mask.shape \
+                    else mask.astype(np.float32)
+            elif self.blend == "soft":
+                alpha = soft_alpha(th, tw)
+            else:
+                alpha = np.ones((th, tw), dtype=np.float32)
+            if flip:
+                pixels, alpha = pixels[:, ::-1], alpha[:, ::-1]
+            patches.append(Patch(pixels, alpha, x, y, c, tight=mask is not None))
+        return patches
+
+    def transform(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Paste objects into ``results`` (see the class docstring for the keys).
+
+        Raises:
+            ValueError: if ``results`` lacks ``img``, ``gt_bboxes`` or ``gt_bboxes_labels``
+                (the transform must follow ``LoadAnnotations`` and precede ``PackDetInputs``).
+        """
+        missing = [k for k in ("img", "gt_bboxes", "gt_bboxes_labels") if k not in results]
+        if missing:
+            raise ValueError(f"RareClassCopyPaste needs results {missing}: place it after "
+                             f"LoadAnnotations(with_bbox=True) and before PackDetInputs")
+        rng = self._rng.get()
+        results["num_pasted"] = 0
+        if rng.random() >= self.prob:
+            return results
+        img = results["img"]
+        height, width = img.shape[:2]
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"RareClassCopyPaste needs a 3-channel image, got {img.shape}")
+        scale = results.get("scale_factor", (1.0, 1.0))
+        patches = self.draw_patches(rng, height, width, (float(scale[0]), float(scale[1])))
+        if not patches:
+            return results
+        boxes = results["gt_bboxes"]
+        box_array = boxes.numpy() if isinstance(boxes, BaseBoxes) else np.asarray(boxes)
+        gt_masks = results.get("gt_masks")
+        masks = None if gt_masks is None else gt_masks.to_ndarray()
+        out = paste_patches(img, box_array, results["gt_bboxes_labels"],
+                            results.get("gt_ignore_flags"), masks, patches,
+                            self.occlusion_thr, self.clip_boxes)
+        results["img"] = out.img
+        results["gt_bboxes"] = type(boxes)(out.boxes) if isinstance(boxes, BaseBoxes) \
+            else out.boxes
+        results["gt_bboxes_labels"] = out.labels
+        results["gt_ignore_flags"] = out.ignore
+        if out.masks is not None:
+            results["gt_masks"] = BitmapMasks(out.masks, height, width)
+        results["num_pasted"] = out.num_pasted
+        return results
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(classes={self.classes}, freq_thr={self.freq_thr}, "
+                f"power={self.power}, num_objects={self.num_objects}, prob={self.prob}, "
+                f"scale_range={self.scale_range}, blend={self.blend!r}, "
+                f"occlusion_thr={self.occlusion_thr}, seed={self.seed})")

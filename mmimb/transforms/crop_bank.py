@@ -1,0 +1,310 @@
+"""The object crops that :class:`~mmimb.transforms.RareClassCopyPaste` pastes, and which classes.
+
+Which classes
+-------------
+From the training statistics (:func:`mmimb.stats.class_frequencies`, ``f_c`` the fraction of
+training images that contain class ``c``): the candidates are the classes with
+``0 < f_c <= freq_thr`` (every class seen in training when ``freq_thr`` is ``None``), optionally
+restricted to named classes, and a pasted object is of class ``c`` with probability
+
+    P(c) = w_c / sum_{c' in S} w_{c'},   w_c = (1 / f_c) ** power,
+
+``S`` the candidates that have at least one crop in the bank. ``power = 0`` pastes every chosen
+class equally often; ``power = 1`` makes the pasted count of a class proportional to ``1 / f_c``;
+``power = 0.5`` is the square root of LVIS's repeat factors (Gupta et al., CVPR 2019).
+
+The bank
+--------
+At most ``max_crops_per_class`` instances per class, drawn uniformly without replacement with a
+generator seeded by ``seed`` alone, so every process (every data loader worker) builds the same
+bank. Instances flagged ``ignore_flag`` and boxes with a side under ``min_crop_size`` pixels are
+never crops. A crop whose longer side exceeds ``max_crop_side`` is stored downscaled (and its
+scale kept, so it is pasted at its original size). All pixels live in one flat ``uint8`` buffer,
+so the bank holds at most ``C_S * max_crops_per_class * max_crop_side ** 2 * 4`` bytes (pixels
+and mask) and a forked worker shares it copy-on-write. Masks are stored when the dataset has
+instance masks; box-only datasets give rectangular crops.
+
+Shape shorthand: ``C`` classes, ``K`` crops, ``P`` pixels of all crops together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import mmcv
+import numpy as np
+from mmdet.registry import TRANSFORMS
+from mmdet.structures.bbox import BaseBoxes
+
+from mmimb.stats import ClassStats, class_frequencies
+from mmimb.transforms._common import (
+    BANK_STREAM,
+    check_number,
+    check_seed,
+    class_indices,
+    class_stats_of,
+    dataset_classes,
+)
+
+_SEED_MASK = (1 << 64) - 1
+
+
+def paste_class_probs(stats: ClassStats, freq_thr: float | None = None, power: float = 1.0,
+                      classes: Sequence[int] | np.ndarray | None = None,
+                      by: str = "image") -> np.ndarray:
+    """Probability of pasting each class, ``P(c) ∝ (1 / f_c) ** power`` over the chosen classes.
+
+    Args:
+        stats: class counts of the training set.
+        freq_thr: choose the classes with ``f_c <= freq_thr``; ``None`` chooses every class
+            seen in training.
+        power: exponent ``p >= 0`` of the inverse frequency.
+        classes: restrict the choice to these class indices.
+        by: ``f_c`` over ``'image'`` or ``'instance'`` (:func:`mmimb.stats.class_frequencies`).
+
+    Returns:
+        ``float64[C]``, zero outside the chosen classes, summing to 1.
+
+    Raises:
+        ValueError: naming the argument, if ``freq_thr`` is not in ``(0, 1]``, ``power`` is
+            negative, or no class is chosen.
+    """
+    check_freq_thr(freq_thr)
+    check_number(power, "power")
+    freq = class_frequencies(stats, by)
+    chosen = freq > 0
+    if freq_thr is not None:
+        chosen &= freq <= freq_thr
+    if classes is not None:
+        named = np.zeros_like(chosen)
+        named[np.asarray(classes, dtype=np.int64)] = True
+        chosen &= named
+    if not chosen.any():
+        seen = freq[freq > 0]
+        rarest = float(seen.min()) if len(seen) else 0.0
+        raise ValueError(
+            f"freq_thr={freq_thr} and classes={None if classes is None else list(classes)} "
+            f"choose no class seen in training (rarest class frequency by {by}: {rarest:.4g}); "
+            f"raise freq_thr or name other classes")
+    weights = np.zeros_like(freq)
+    weights[chosen] = freq[chosen] ** -power
+    return weights / weights.sum()
+
+
+def check_freq_thr(freq_thr: float | None) -> None:
+    """Raises ``ValueError`` unless ``freq_thr`` is ``None`` or a number in ``(0, 1]``."""
+    if freq_thr is not None and not (isinstance(freq_thr, int | float | np.number)
+                                     and 0 < freq_thr <= 1):
+        raise ValueError(f"freq_thr must be None or a class frequency in (0, 1], got "
+                         f"{freq_thr!r}")
+
+
+class CropBank:
+    """Object crops of chosen classes, in one flat buffer (see the module docstring).
+
+    Args:
+        pixels: ``uint8[P, 3]`` the pixels of every crop, crop after crop, row-major.
+        masks: ``bool[P]`` which pixels belong to the object, or ``None`` (rectangular crops).
+        shapes: ``int64[K, 2]`` height and width of every stored crop.
+        labels: ``int64[K]`` class of every crop.
+        scales: ``float64[K]`` stored size / original size of every crop (1 unless downscaled).
+        class_probs: ``float64[C]`` probability of pasting each class; zero for classes without
+            crops.
+        classes: class names.
+
+    Raises:
+        ValueError: if the arrays disagree in length, or the bank is empty.
+    """
+
+    def __init__(self, pixels: np.ndarray, masks: np.ndarray | None, shapes: np.ndarray,
+                 labels: np.ndarray, scales: np.ndarray, class_probs: np.ndarray,
+                 classes: Sequence[str] = ()) -> None:
+        if len(labels) == 0:
+            raise ValueError("the crop bank is empty")
+        sizes = shapes[:, 0] * shapes[:, 1]
+        if len(shapes) != len(labels) or len(scales) != len(labels) \
+                or len(pixels) != sizes.sum() or (masks is not None and len(masks) != len(pixels)):
+            raise ValueError("pixels, masks, shapes, labels and scales of a crop bank disagree")
+        self.pixels, self.masks, self.shapes = pixels, masks, shapes
+        self.labels, self.scales, self.class_probs = labels, scales, class_probs
+        self.classes = tuple(classes)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.by_class = [np.flatnonzero(labels == c) for c in range(len(class_probs))]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the crops' pixels and masks."""
+        return self.pixels.nbytes + (0 if self.masks is None else self.masks.nbytes)
+
+    def crop(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Crop ``k``: ``uint8[h, w, 3]`` pixels and ``bool[h, w]`` mask (``None`` if boxes only).
+
+        Both are views into the bank; do not modify them.
+        """
+        h, w = self.shapes[k]
+        sl = slice(self.offsets[k], self.offsets[k + 1])
+        mask = None if self.masks is None else self.masks[sl].reshape(h, w)
+        return self.pixels[sl].reshape(h, w, 3), mask
+
+
+def _box_array(boxes: Any) -> np.ndarray:
+    if isinstance(boxes, BaseBoxes):
+        return boxes.numpy()
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def _has_masks(dataset: Any, use_masks: bool | str) -> bool:
+    if use_masks in (True, False):
+        return bool(use_masks)
+    if use_masks != "auto":
+        raise ValueError(f"use_masks must be True, False or 'auto', got {use_masks!r}")
+    for idx in range(len(dataset)):
+        instances = dataset.get_data_info(idx).get("instances", [])
+        if instances:
+            return "mask" in instances[0]
+    return False
+
+
+def _crop_candidates(dataset: Any, probs: np.ndarray, min_crop_size: float
+                     ) -> list[list[tuple[int, int]]]:
+    """``(image index, instance index)`` of every usable instance, per chosen class."""
+    out: list[list[tuple[int, int]]] = [[] for _ in probs]
+    for idx in range(len(dataset)):
+        for j, inst in enumerate(dataset.get_data_info(idx).get("instances", [])):
+            c = inst["bbox_label"]
+            x0, y0, x1, y1 = inst["bbox"]
+            if probs[c] > 0 and not inst.get("ignore_flag", 0) \
+                    and min(x1 - x0, y1 - y0) >= min_crop_size:
+                out[c].append((idx, j))
+    return out
+
+
+def _empty_bank_error(dataset: Any, probs: np.ndarray, min_crop_size: float) -> ValueError:
+    names = dataset_classes(dataset) or tuple(str(c) for c in range(len(probs)))
+    chosen = [n for n, p in zip(names, probs, strict=True) if p > 0]
+    return ValueError(f"the crop bank is empty: the chosen classes {chosen} have no instance "
+                      f"with both box sides >= min_crop_size={min_crop_size} inside its image")
+
+
+def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 50,
+                    min_crop_size: float = 4, max_crop_side: int = 256,
+                    use_masks: bool | str = "auto", seed: int = 0,
+                    backend_args: dict[str, Any] | None = None) -> CropBank:
+    """Crop at most ``max_crops_per_class`` objects of every class with ``probs[c] > 0``.
+
+    Images are read with mmdet's ``LoadImageFromFile`` (BGR, as in training) and
+    ``LoadAnnotations``, each image once.
+
+    Args:
+        dataset: the initialised training set (``get_data_info`` with ``img_path`` and
+            ``instances``).
+        probs: ``float64[C]`` class probabilities from :func:`paste_class_probs`.
+        max_crops_per_class: most crops kept of one class.
+        min_crop_size: instances with a box side below this (pixels) are skipped.
+        max_crop_side: crops with a longer side are stored downscaled to it.
+        use_masks: crop instance masks too; ``'auto'`` when the annotations have them.
+        seed: seed of the choice of instances.
+        backend_args: file backend of ``LoadImageFromFile``.
+
+    Returns:
+        The bank; its ``class_probs`` are ``probs`` renormalised over classes with crops.
+
+    Raises:
+        ValueError: naming the argument, on invalid values or when no chosen class has an
+            instance that can be cropped (empty bank).
+    """
+    if isinstance(max_crops_per_class, bool) or not isinstance(max_crops_per_class, int) \
+            or max_crops_per_class < 1:
+        raise ValueError(f"max_crops_per_class must be an int >= 1, got {max_crops_per_class!r}")
+    with_mask = _has_masks(dataset, use_masks)
+    rng = np.random.default_rng(np.random.SeedSequence([check_seed(seed) & _SEED_MASK,
+                                                         BANK_STREAM]))
+    picked: dict[int, list[tuple[int, int]]] = {}  # image -> [(instance, class)]
+    for c, cands in enumerate(_crop_candidates(dataset, probs, min_crop_size)):
+        if not cands:
+            continue
+        take = np.sort(rng.choice(len(cands), min(len(cands), max_crops_per_class),
+                                  replace=False))
+        for t in take:
+            idx, j = cands[int(t)]
+            picked.setdefault(idx, []).append((j, c))
+    if not picked:
+        raise _empty_bank_error(dataset, probs, min_crop_size)
+    load = [TRANSFORMS.build(dict(type="LoadImageFromFile", backend_args=backend_args)),
+            TRANSFORMS.build(dict(type="LoadAnnotations", with_bbox=True, with_mask=with_mask,
+                                  backend_args=backend_args))]
+    pixels: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    shapes, labels, scales = [], [], []
+    for idx in sorted(picked):
+        results = dict(dataset.get_data_info(idx))
+        for t in load:
+            results = t(results)
+        img = results["img"]
+        boxes = _box_array(results["gt_bboxes"])
+        gt_masks = results["gt_masks"].to_ndarray() if with_mask else None
+        h_img, w_img = img.shape[:2]
+        for j, c in picked[idx]:
+            x0, y0, x1, y1 = boxes[j]
+            xa, ya = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+            xb, yb = min(int(np.ceil(x1)), w_img), min(int(np.ceil(y1)), h_img)
+            if xb <= xa or yb <= ya:
+                continue
+            patch = img[ya:yb, xa:xb]
+            mask = None if gt_masks is None else gt_masks[j, ya:yb, xa:xb].astype(bool)
+            if mask is not None and not mask.any():
+                continue
+            scale = min(1.0, max_crop_side / max(patch.shape[:2]))
+            if scale < 1.0:
+                size = (max(1, round(patch.shape[1] * scale)),
+                        max(1, round(patch.shape[0] * scale)))
+                patch = mmcv.imresize(patch, size, interpolation="area")
+                if mask is not None:
+                    mask = mmcv.imresize(mask.astype(np.uint8), size,
+                                         interpolation="nearest").astype(bool)
+            pixels.append(np.ascontiguousarray(patch, dtype=np.uint8).reshape(-1, 3))
+            if mask is not None:
+                masks.append(mask.reshape(-1))
+            shapes.append(patch.shape[:2])
+            labels.append(c)
+            scales.append(scale)
+    if not labels:
+        raise _empty_bank_error(dataset, probs, min_crop_size)
+    label_arr = np.asarray(labels, dtype=np.int64)
+    has_crops = np.bincount(label_arr, minlength=len(probs)) > 0
+    class_probs = np.where(has_crops, probs, 0.0)
+    return CropBank(
+        pixels=np.concatenate(pixels),
+        masks=np.concatenate(masks) if with_mask else None,
+        shapes=np.asarray(shapes, dtype=np.int64).reshape(-1, 2),
+        labels=label_arr,
+        scales=np.asarray(scales, dtype=np.float64),
+        class_probs=class_probs / class_probs.sum(),
+        classes=dataset_classes(dataset))
+
+
+def crop_bank_from_dataset(dataset: Any, classes: Sequence[str] | None = None,
+                           freq_thr: float | None = None, power: float = 1.0, by: str = "image",
+                           **kwargs: Any) -> CropBank:
+    """Statistics, class choice and bank of an initialised training set in one call.
+
+    Args:
+        dataset: the initialised training set.
+        classes: restrict the choice to these class names.
+        freq_thr: see :func:`paste_class_probs`.
+        power: see :func:`paste_class_probs`.
+        by: see :func:`paste_class_probs`.
+        **kwargs: passed to :func:`build_crop_bank`.
+
+    Raises:
+        ValueError: naming the argument: unknown class names, no chosen class, empty bank.
+    """
+    stats = class_stats_of(dataset)
+    names = dataset_classes(dataset)
+    chosen = None if classes is None else class_indices(classes, names, "classes")
+    probs = paste_class_probs(stats, freq_thr, power, chosen, by)
+    return build_crop_bank(dataset, probs, **kwargs)
