@@ -568,23 +568,31 @@ class RecordImages(mmengine.hooks.Hook):
 
 
 @pytest.mark.slow
-def test_runner_trains_with_repeat_factor_sampler(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["epoch", "iter"])
+def test_runner_trains_with_repeat_factor_sampler(tmp_path: Path, loop: str) -> None:
     from mmengine.runner import Runner
 
     recorder = RecordImages()
     cfg = tiny_detector_config(
         tmp_path / "data", tmp_path / "work",
-        sampler=dict(type="RepeatFactorSampler", oversample_thr=0.3, seed=5),
+        sampler=dict(type="RepeatFactorSampler", oversample_thr=0.3, seed=5,
+                     infinite=loop == "iter"),
         custom_hooks=[recorder])
+    if loop == "iter":
+        cfg["train_cfg"] = dict(type="IterBasedTrainLoop", max_iters=10)
     runner = Runner(**cfg)
     runner.train()
     sampler = runner.train_dataloader.sampler
     assert isinstance(sampler, RepeatFactorSampler)
-    # The runner loaded exactly each epoch's draw, in order, and the draws differ.
-    for epoch in (0, 1):
-        assert recorder.epochs[epoch] == sampler.epoch_indices(epoch).tolist()
-    assert recorder.epochs[0] != recorder.epochs[1]
-    # Image 8 (the only image of class c, f = 0.1) has r = sqrt(3) and is drawn 1 or 2 times.
+    epochs = [sampler.epoch_indices(e).tolist() for e in range(4)]
+    assert epochs[0] != epochs[1]
+    if loop == "epoch":
+        # The runner loaded exactly each epoch's draw, in order.
+        assert [recorder.epochs[e] for e in (0, 1)] == epochs[:2]
+    else:
+        # One endless stream, epoch after epoch: 10 iterations of 2 images.
+        assert recorder.epochs[0] == sum(epochs, [])[:20]
+    # Image 8 (the only image of class c, f = 0.1) has r = sqrt(3): drawn 1 or 2 times.
     assert sampler.repeat_factors[8] == pytest.approx(math.sqrt(3))
-    assert all(Counter(recorder.epochs[e])[8] in (1, 2) for e in (0, 1))
+    assert all(Counter(epoch)[8] in (1, 2) for epoch in epochs)
     assert all(math.isfinite(v) for v in recorder.losses)

@@ -73,7 +73,10 @@ class RepeatFactorDataset:
       ``ClassBalancedDataset``; ``'floor'``, ``'round'``: likewise. These never change.
 
     The table holds the slots image by image (``[0, 0, 1, 2, 2, 2, ...]``); shuffling is the
-    sampler's job.
+    sampler's job. ``get_data_info`` and ``get_cat_ids`` answer for the image in a slot, as
+    mmengine's wrappers do (mmdet's ``AspectRatioBatchSampler`` needs them), so
+    :func:`mmimb.stats.image_labels_from_dataset` reads a wrapper as the images in its current
+    slots, repeats included.
 
     Args:
         dataset: the dataset to wrap, or its config. A ``ConcatDataset`` is fine.
@@ -196,7 +199,9 @@ class RepeatFactorDataset:
 
 def datasets_with_epoch(dataset: Any) -> list[Any]:
     """Every dataset in a tree of wrappers (``.dataset``, ``.datasets``) that has ``set_epoch``."""
-    found, stack, seen = [], [dataset], set()
+    found: list[Any] = []
+    stack: list[Any] = [dataset]
+    seen: set[int] = set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
