@@ -161,7 +161,7 @@ def _check_gamma(gamma: float) -> None:
 
 def _focal_sum_and_grad(pred: Tensor, labels: Tensor, alpha: Tensor | None, class_weight: Tensor |
                         None, weight: Tensor | None, gamma: float) -> tuple[Tensor, Tensor]:
-    """Weighted sum of the binary-target focal loss and its gradient, in one pass when compiled.
+    """Row sums of the weighted binary-target focal loss and its gradient, fused when compiled.
 
     With the signed logit ``z = x`` for the target class and ``z = -x`` otherwise,
     ``q = sigmoid(-z) = 1 - p_t`` and ``bce = softplus(-z) = -log p_t``; the loss
@@ -172,8 +172,10 @@ def _focal_sum_and_grad(pred: Tensor, labels: Tensor, alpha: Tensor | None, clas
     textbook formula); compiled, one.
 
     Returns:
-        ``(total, grad)``: the scalar ``sum(L)``, accumulated in ``float64``, and ``dL/dx`` as
-        ``Tensor[N, C]``, both in the compute dtype (``float32``, or ``float64``).
+        ``(row_totals, grad)``: ``float64[N]`` sums of ``L`` over classes, and ``dL/dx`` as
+        ``Tensor[N, C]`` in the compute dtype (``float32``, or ``float64``). Row sums rather than
+        the scalar, because inductor fuses a reduction over the inner dimension into the same
+        loop as the gradient, but computes a full reduction in a second pass over the inputs.
     """
     x = pred.to(_compute_dtype(pred))
     is_pos = labels[:, None] == torch.arange(x.shape[1], device=x.device)
@@ -188,9 +190,9 @@ def _focal_sum_and_grad(pred: Tensor, labels: Tensor, alpha: Tensor | None, clas
         coef = coef * class_weight
     if weight is not None:
         coef = coef * weight
-    total = (coef * bce).sum(dtype=torch.float64).to(x.dtype)
+    row_totals = (coef * bce).sum(dim=1, dtype=torch.float64)
     grad_minus_z = torch.addcmul(q, 1 - q, bce, value=gamma) * coef  # = dL/d(-z)
-    return total, torch.where(is_pos, -grad_minus_z, grad_minus_z)
+    return row_totals, torch.where(is_pos, -grad_minus_z, grad_minus_z)
 
 
 _compiled_kernel: _KernelFn | None = None
@@ -244,12 +246,13 @@ class _SigmoidFocalSum(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, pred: Tensor, labels: Tensor,
                 alpha: Tensor | None, class_weight: Tensor | None, weight: Tensor | None,
                 gamma: float, use_compile: bool | None) -> Tensor:
-        total, grad = _run_kernel(use_compile, pred, labels, alpha, class_weight, weight, gamma)
+        row_totals, grad = _run_kernel(use_compile, pred, labels, alpha, class_weight, weight,
+                                       gamma)
         # Saved in the compute dtype: scaling half-precision gradients by 1 / avg_factor only
         # after the cast could flush them to zero.
         ctx.save_for_backward(grad)
         ctx.pred_dtype = pred.dtype  # type: ignore[attr-defined]
-        return total
+        return row_totals.sum().to(grad.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,
@@ -270,8 +273,10 @@ def sigmoid_focal_loss_sum(pred: Tensor, labels: Tensor, alpha: float | Tensor |
     backward only scales the saved gradient. It is differentiable with respect to ``pred`` only;
     ``alpha``, ``class_weight`` and ``weight`` are treated as constants.
 
-    Compiled with ``torch.compile`` (see :func:`compile_enabled`); the eager fallback evaluates
-    the same formula, so the two agree to float rounding.
+    Compiled with ``torch.compile`` (see :func:`compile_enabled`) with dynamic shapes; the first
+    call per combination of optional arguments compiles (about 10-20 s on a 2-core CPU, then
+    cached on disk by inductor). The eager fallback evaluates the same formula, so the two
+    agree to float rounding.
 
     Args:
         pred: ``Tensor[N, C]`` logits.
