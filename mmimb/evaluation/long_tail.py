@@ -1,8 +1,13 @@
-"""Long-tail summary of one COCOeval pass: overall, per-class and per-frequency-group AP.
+"""Long-tail summary of one COCOeval pass: overall, per-class and per-frequency-group numbers.
 
-One ``COCOeval`` run (``evaluate`` + ``accumulate``) serves every number here: a group's AP is
-the mean of the valid entries of ``eval['precision'][T, R, K_group, area=all, maxDets=100]``,
-exactly what pycocotools' ``summarize`` reports when it is run on the group's categories alone.
+One ``COCOeval`` run (``evaluate`` + ``accumulate``) serves every number here:
+
+- a class's or group's AP is the mean of the valid entries of
+  ``eval['precision'][T, R, K_group, area=all, maxDets=100]``, and its AR the mean of
+  ``eval['recall'][T, K_group, area=all, maxDets=100]``: exactly what pycocotools' ``summarize``
+  reports (``AP``, ``AR@100``) when it is run on the group's categories alone;
+- precision, recall and F1 come from the matches COCOeval stored in ``evalImgs`` at IoU 0.5, and
+  the confusion matrix from the same detections and boxes (:mod:`mmimb.evaluation.matching`).
 
 Shape shorthand: T IoU thresholds, R recall points, K categories, A area ranges, M maxDets.
 """
@@ -10,6 +15,7 @@ Shape shorthand: T IoU thresholds, R recall points, K categories, A area ranges,
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 from collections.abc import Sequence
@@ -21,6 +27,17 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mmimb.evaluation.annotations import MAX_EXAMPLES
+from mmimb.evaluation.groups import Grouping, describe_grouping
+from mmimb.evaluation.matching import (
+    DEFAULT_SCORE_THR,
+    PR_IOU,
+    boxes_from_annotations,
+    confusion_matrix,
+    eval_columns,
+    matched_detections,
+    precision_recall,
+)
 from mmimb.stats import GROUP_NAMES
 
 #: Names of COCOeval's ``stats`` vector for bbox evaluation.
@@ -28,19 +45,40 @@ COCO_STAT_NAMES: tuple[str, ...] = (
     "mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l",
     "AR_1", "AR_10", "AR_100", "AR_s", "AR_m", "AR_l")
 
+#: Columns of the per-class rows, in the order of the CSV file.
+CLASS_COLUMNS: tuple[str, ...] = (
+    "name", "group", "train_count", "num_gt", "AP", "AP50", "AR", "TP", "FP", "P", "R", "F1",
+    "best_F1", "best_thr", "best_P", "best_R")
+
+#: Label of the background row and column of the confusion matrix.
+BACKGROUND = "background"
+
 
 @dataclass
 class LongTailResult:
     """Everything a long-tail evaluation reports.
 
+    Undefined numbers are -1: AP, AR, recall and F1 of a class without ground truth in the
+    evaluated split, the AP of an empty group, a best threshold that does not exist.
+
     Attributes:
-        overall: COCO summary numbers (``mAP``, ``mAP_50`` ... see :data:`COCO_STAT_NAMES`).
-        classes: one row per class: ``name``, ``group``, ``train_count``, ``AP``, ``AP50``, ``AR``
-            (AP values are -1 for a class without ground truth in the evaluated split).
-        groups: ``{group: {'AP': ..., 'AP50': ..., 'num_classes': ...}}``; AP is -1 for an
-            empty group.
+        overall: COCO summary numbers (``mAP``, ``mAP_50`` ... see :data:`COCO_STAT_NAMES`) and
+            ``F1``, the mean F1 at ``score_thr`` over the classes with ground truth.
+        classes: one row per class with the keys of :data:`CLASS_COLUMNS`: training count,
+            ground-truth boxes, ``AP``, ``AP50``, ``AR`` (IoU 0.5:0.95, 100 detections per
+            image); ``TP``, ``FP``, ``P``, ``R``, ``F1`` at IoU 0.5 and ``score >= score_thr``;
+            ``best_F1`` and the threshold ``best_thr`` that reaches it, with ``best_P``,
+            ``best_R`` there.
+        groups: ``{group: {'AP', 'AP50', 'AR', 'F1', 'num_classes'}}``; ``F1`` is the mean over
+            the group's classes with ground truth.
         count_by: whether ``train_count`` counts ``'image'``\\ s or ``'instance'``\\ s.
-        thresholds: ``{'rare_max': ..., 'common_max': ...}``.
+        thresholds: ``{'rare_max': ..., 'common_max': ...}`` of the grouping (empty when the
+            groups come from LVIS ``frequency`` letters).
+        grouping: ``'threshold'``, ``'quantile'`` or ``'frequency'``.
+        score_thr: score threshold of ``TP``, ``FP``, ``P``, ``R``, ``F1`` and ``confusion``.
+        confusion: ``int64[K + 1, K + 1]`` confusion matrix, rows ground truth, columns
+            prediction, last index background (rule in :mod:`mmimb.evaluation.matching`).
+        issues: problems found in the inputs (boxes of zero size, empty predictions ...).
     """
 
     overall: dict[str, float]
@@ -48,6 +86,10 @@ class LongTailResult:
     groups: dict[str, dict[str, float]]
     count_by: str
     thresholds: dict[str, float] = field(default_factory=dict)
+    grouping: str = "threshold"
+    score_thr: float = DEFAULT_SCORE_THR
+    confusion: np.ndarray | None = None
+    issues: dict[str, Any] = field(default_factory=dict)
 
     def flat(self) -> dict[str, float]:
         """Scalars for a logger: the overall numbers and ``AP_{group}`` for each group."""
@@ -57,8 +99,31 @@ class LongTailResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """A json-serialisable dict; the confusion matrix as ``[gt, pred, count]`` triples."""
+        confusion = None
+        if self.confusion is not None:
+            rows, cols = np.nonzero(self.confusion)
+            confusion = {
+                "labels": [r["name"] for r in self.classes] + [BACKGROUND],
+                "entries": [[int(r), int(c), int(self.confusion[r, c])]
+                            for r, c in zip(rows, cols, strict=True)]}
         return {"overall": self.overall, "groups": self.groups, "classes": self.classes,
-                "count_by": self.count_by, "thresholds": self.thresholds}
+                "count_by": self.count_by, "thresholds": self.thresholds,
+                "grouping": self.grouping, "score_thr": self.score_thr, "iou_pr": PR_IOU,
+                "confusion": confusion, "issues": self.issues}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LongTailResult:
+        """Inverse of :meth:`to_dict` (also reads reports of the first version)."""
+        confusion = None
+        if data.get("confusion"):
+            size = len(data["confusion"]["labels"])
+            confusion = np.zeros((size, size), dtype=np.int64)
+            for r, c, n in data["confusion"]["entries"]:
+                confusion[r, c] = n
+        return cls(data["overall"], data["classes"], data["groups"], data["count_by"],
+                   data.get("thresholds", {}), data.get("grouping", "threshold"),
+                   data.get("score_thr", DEFAULT_SCORE_THR), confusion, data.get("issues", {}))
 
 
 def _valid_mean(values: np.ndarray) -> float:
@@ -67,18 +132,49 @@ def _valid_mean(values: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else -1.0
 
 
+def check_detections(coco_gt: COCO, detections: list[dict[str, Any]],
+                     cat_ids: Sequence[int]) -> None:
+    """Refuse detections on unknown images or of unknown categories.
+
+    COCOeval would silently skip the categories and pycocotools fails with a bare
+    ``AssertionError`` on the images.
+
+    Raises:
+        ValueError: naming the offending ids and the valid ones.
+    """
+    cats = {d["category_id"] for d in detections}
+    unknown = sorted(cats - {int(c) for c in cat_ids}, key=str)
+    if unknown:
+        raise ValueError(
+            f"detections have category_id(s) {unknown[:MAX_EXAMPLES]} that are not among the "
+            f"{len(cat_ids)} evaluated categories (ids {sorted(cat_ids)[:MAX_EXAMPLES]} ...)")
+    images = {d["image_id"] for d in detections}
+    missing = sorted(images - set(coco_gt.getImgIds()), key=str)
+    if missing:
+        raise ValueError(f"detections name image_id(s) {missing[:MAX_EXAMPLES]} that are not in "
+                         "the ground truth")
+
+
 def evaluate_bbox(coco_gt: COCO, detections: list[dict[str, Any]], cat_ids: Sequence[int],
                   img_ids: Sequence[int] | None = None) -> COCOeval:
     """Run COCOeval for boxes once (evaluate, accumulate, summarize) and return it.
+
+    An empty ``detections`` list is valid: every class with ground truth gets AP 0.
 
     Args:
         coco_gt: ground truth.
         detections: COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``).
         cat_ids: categories to evaluate, in label order.
         img_ids: images to evaluate; all images of ``coco_gt`` by default.
+
+    Raises:
+        ValueError: if a detection names an unknown image or category (see
+            :func:`check_detections`).
     """
-    coco_dt = coco_gt.loadRes(detections) if detections else COCO()
-    if not detections:  # loadRes refuses an empty list; an empty result set scores 0 AP
+    check_detections(coco_gt, detections, cat_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(detections) if detections else COCO()
+    if not detections:  # loadRes refuses an empty list
         coco_dt.dataset = {"images": coco_gt.dataset["images"], "annotations": [],
                            "categories": coco_gt.dataset["categories"]}
         coco_dt.createIndex()
@@ -92,85 +188,178 @@ def evaluate_bbox(coco_gt: COCO, detections: list[dict[str, Any]], cat_ids: Sequ
     return coco_eval
 
 
+def eval_confusion(coco_eval: COCOeval, cat_ids: Sequence[int], score_thr: float) -> np.ndarray:
+    """The confusion matrix of the detections and boxes an evaluated ``COCOeval`` holds."""
+    p = coco_eval.params
+    image_index = {img_id: i for i, img_id in enumerate(p.imgIds)}
+    label_of = {int(c): k for k, c in enumerate(cat_ids)}
+    area_range = tuple(p.areaRng[list(p.areaRngLbl).index("all")])
+    gts = boxes_from_annotations(coco_eval.cocoGt.dataset.get("annotations", []), image_index,
+                                 label_of, area_range)
+    dets = boxes_from_annotations(coco_eval.cocoDt.dataset.get("annotations", []), image_index,
+                                  label_of, area_range)
+    return confusion_matrix(gts, dets, len(cat_ids), score_thr, PR_IOU, p.maxDets[-1],
+                            area_range)
+
+
 def summarize_long_tail(coco_eval: COCOeval, class_names: Sequence[str],
-                        train_counts: np.ndarray, groups: np.ndarray,
-                        count_by: str = "image",
-                        thresholds: dict[str, float] | None = None) -> LongTailResult:
-    """Per-class and per-group numbers from an accumulated ``COCOeval``.
+                        train_counts: np.ndarray, groups: np.ndarray | Grouping,
+                        count_by: str = "image", thresholds: dict[str, float] | None = None, *,
+                        cat_ids: Sequence[int] | None = None,
+                        score_thr: float = DEFAULT_SCORE_THR,
+                        issues: dict[str, Any] | None = None) -> LongTailResult:
+    """Per-class and per-group numbers from an evaluated and accumulated ``COCOeval``.
 
     Args:
-        coco_eval: after ``accumulate()``; its ``params.catIds`` are in label order.
+        coco_eval: after ``accumulate()``.
         class_names: ``[K]`` names in label order.
-        train_counts: ``[K]`` training counts, used to assign groups.
-        groups: ``[K]`` group index of each class (see :func:`mmimb.stats.frequency_groups`).
+        train_counts: ``[K]`` training counts.
+        groups: ``[K]`` group index of each class (see :func:`mmimb.stats.frequency_groups`), or
+            a :class:`~mmimb.evaluation.groups.Grouping` (which also gives the thresholds).
         count_by: what ``train_counts`` counts, for the report.
-        thresholds: group thresholds, for the report.
+        thresholds: group thresholds, for the report (ignored when ``groups`` is a Grouping).
+        cat_ids: ``[K]`` category ids in label order; by default COCOeval's (sorted) ids.
+        score_thr: score threshold of precision, recall, F1 and the confusion matrix.
+        issues: problems of the inputs, copied into the report.
+
+    Returns:
+        The :class:`LongTailResult`.
     """
-    precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # [T, R, K], area=all, maxDets=100
-    recall = coco_eval.eval["recall"][:, :, 0, -1]  # [T, K]
-    rows = [{
-        "name": name, "group": GROUP_NAMES[int(groups[k])], "train_count": int(train_counts[k]),
-        "AP": _valid_mean(precision[:, :, k]), "AP50": _valid_mean(precision[0, :, k]),
-        "AR": _valid_mean(recall[:, k]),
-    } for k, name in enumerate(class_names)]
+    if isinstance(groups, Grouping):
+        grouping, thresholds, groups = groups.rule, groups.thresholds, groups.groups
+    else:
+        grouping = "threshold"
+    ids = list(coco_eval.params.catIds) if cat_ids is None else [int(c) for c in cat_ids]
+    if len(ids) != len(class_names):
+        raise ValueError(f"got {len(class_names)} class names for {len(ids)} categories")
+    cols = eval_columns(coco_eval, ids)
+    precision = coco_eval.eval["precision"][:, :, cols, 0, -1]  # [T, R, K], area=all, 100 dets
+    recall = coco_eval.eval["recall"][:, cols, 0, -1]  # [T, K]
+    pr = precision_recall(*matched_detections(coco_eval, ids), score_thr=score_thr)
+    rows = []
+    for k, name in enumerate(class_names):
+        rows.append({
+            "name": name, "group": GROUP_NAMES[int(groups[k])],
+            "train_count": int(train_counts[k]), "num_gt": int(pr.num_gt[k]),
+            "AP": _valid_mean(precision[:, :, k]), "AP50": _valid_mean(precision[0, :, k]),
+            "AR": _valid_mean(recall[:, k]), "TP": int(pr.tp[k]), "FP": int(pr.fp[k]),
+            "P": float(pr.precision[k]), "R": float(pr.recall[k]), "F1": float(pr.f1[k]),
+            "best_F1": float(pr.best_f1[k]), "best_thr": float(pr.best_thr[k]),
+            "best_P": float(pr.best_precision[k]), "best_R": float(pr.best_recall[k]),
+        })
     group_rows = {}
     for g, gname in enumerate(GROUP_NAMES):
-        members = np.flatnonzero(groups == g)
+        members = np.flatnonzero(np.asarray(groups) == g)
         group_rows[gname] = {
             "AP": _valid_mean(precision[:, :, members]),
             "AP50": _valid_mean(precision[0, :, members]),
+            "AR": _valid_mean(recall[:, members]),
+            "F1": _valid_mean(pr.f1[members]),
             "num_classes": int(len(members)),
         }
     overall = {name: float(v) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats, strict=True)}
-    return LongTailResult(overall, rows, group_rows, count_by, dict(thresholds or {}))
+    overall["F1"] = _valid_mean(pr.f1)
+    return LongTailResult(overall, rows, group_rows, count_by, dict(thresholds or {}), grouping,
+                          float(score_thr), eval_confusion(coco_eval, ids, score_thr),
+                          dict(issues or {}))
 
 
 def _fmt(value: float) -> str:
     return "  -  " if value < 0 else f"{value:.3f}"
 
 
+def top_confusions(result: LongTailResult, n: int = 5) -> list[tuple[str, str, int]]:
+    """The ``n`` largest off-diagonal entries of the confusion matrix: (truth, predicted, count).
+
+    Background columns and rows (misses, false alarms) are included.
+    """
+    if result.confusion is None:
+        return []
+    names = [r["name"] for r in result.classes] + [BACKGROUND]
+    off = result.confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:n]
+    rows, cols = np.unravel_index(flat, off.shape)
+    return [(names[r], names[c], int(off[r, c])) for r, c in zip(rows, cols, strict=True)
+            if off[r, c] > 0]
+
+
 def format_table(result: LongTailResult) -> str:
-    """A Markdown table a user reads at a glance: per-class AP next to the training count,
-    most frequent class first, followed by the AP of each frequency group."""
+    """A Markdown report a user reads at a glance.
+
+    Per-class AP, AR, precision / recall / F1 next to the training count, most frequent class
+    first; then each frequency group; then the largest confusions.
+    """
     count_col = f"train {result.count_by}s"
-    lines = [f"| class | group | {count_col} | AP | AP50 | AR |", "|---|---|---:|---:|---:|---:|"]
+    thr = f"{result.score_thr:g}"
+    lines = [f"| class | group | {count_col} | GT | AP | AP50 | AR | P@{thr} | R@{thr} | "
+             f"F1@{thr} | best F1 (thr) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in sorted(result.classes, key=lambda r: -r["train_count"]):
-        lines.append(f"| {row['name']} | {row['group']} | {row['train_count']} | "
-                     f"{_fmt(row['AP'])} | {_fmt(row['AP50'])} | {_fmt(row['AR'])} |")
-    lines += ["", "| group | classes | AP | AP50 |", "|---|---:|---:|---:|"]
+        best = _fmt(row.get("best_F1", -1))
+        if row.get("best_thr", -1) >= 0:
+            best += f" ({row['best_thr']:.2f})"
+        lines.append(
+            f"| {row['name']} | {row['group']} | {row['train_count']} | {row.get('num_gt', '')} "
+            f"| {_fmt(row['AP'])} | {_fmt(row['AP50'])} | {_fmt(row['AR'])} | "
+            f"{_fmt(row.get('P', -1))} | {_fmt(row.get('R', -1))} | {_fmt(row.get('F1', -1))} "
+            f"| {best} |")
+    lines += ["", f"| group | classes | AP | AP50 | AR | F1@{thr} |",
+              "|---|---:|---:|---:|---:|---:|"]
     for name, g in result.groups.items():
-        lines.append(f"| {name} | {g['num_classes']} | {_fmt(g['AP'])} | {_fmt(g['AP50'])} |")
+        lines.append(f"| {name} | {g['num_classes']} | {_fmt(g['AP'])} | {_fmt(g['AP50'])} | "
+                     f"{_fmt(g.get('AR', -1))} | {_fmt(g.get('F1', -1))} |")
     lines.append(f"| all | {len(result.classes)} | {_fmt(result.overall['mAP'])} | "
-                 f"{_fmt(result.overall['mAP_50'])} |")
-    if result.thresholds:
-        lines += ["", f"Groups by training {result.count_by} count: rare <= "
-                      f"{result.thresholds['rare_max']:g} < common <= "
-                      f"{result.thresholds['common_max']:g} < frequent."]
+                 f"{_fmt(result.overall['mAP_50'])} | {_fmt(result.overall.get('AR_100', -1))} "
+                 f"| {_fmt(result.overall.get('F1', -1))} |")
+    note = describe_grouping(result.grouping, result.thresholds, result.count_by)
+    lines += ["", note] if note else []
+    if result.confusion is not None:
+        lines += ["", f"P, R, F1 and the confusion matrix at IoU {PR_IOU} and score >= {thr}."]
+        worst = top_confusions(result)
+        if worst:
+            lines.append("Largest confusions (truth -> predicted: boxes): " + "; ".join(
+                f"{t} -> {p}: {n}" for t, p, n in worst) + ".")
+    for key, value in result.issues.items():
+        lines.append(f"Input issue, {key}: {value}")
     return "\n".join(lines)
 
 
 def write_report(result: LongTailResult, out_dir: str | Path, stem: str = "long_tail") -> Path:
-    """Write ``{stem}.json`` and ``{stem}.md`` into ``out_dir``; return the JSON path."""
+    """Write ``{stem}.json``, ``{stem}.md``, ``{stem}_classes.csv`` and ``{stem}_confusion.csv``.
+
+    Returns:
+        The path of the JSON file.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=1))
     (out / f"{stem}.md").write_text(format_table(result) + "\n")
+    with open(out / f"{stem}_classes.csv", "w", newline="") as f:
+        rows = csv.DictWriter(f, fieldnames=CLASS_COLUMNS, extrasaction="ignore")
+        rows.writeheader()
+        rows.writerows(result.classes)
+    if result.confusion is not None:
+        names = [r["name"] for r in result.classes] + [BACKGROUND]
+        with open(out / f"{stem}_confusion.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["truth \\ predicted", *names])
+            for name, row in zip(names, result.confusion.tolist(), strict=True):
+                writer.writerow([name, *row])
     return out / f"{stem}.json"
 
 
 def load_result(path: str | Path) -> LongTailResult:
     """Read a report written by :func:`write_report`."""
-    data = json.loads(Path(path).read_text())
-    return LongTailResult(data["overall"], data["classes"], data["groups"], data["count_by"],
-                          data.get("thresholds", {}))
+    return LongTailResult.from_dict(json.loads(Path(path).read_text()))
 
 
 def compare_table(results: dict[str, LongTailResult]) -> str:
-    """One Markdown row per run: overall AP and the AP of each frequency group."""
-    lines = ["| run | mAP | AP50 | AP rare | AP common | AP frequent |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """One Markdown row per run: overall AP, the AP of each frequency group and mean F1."""
+    lines = ["| run | mAP | AP50 | AP rare | AP common | AP frequent | F1 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         groups = " | ".join(_fmt(r.groups[g]["AP"]) for g in GROUP_NAMES)
         lines.append(f"| {name} | {_fmt(r.overall['mAP'])} | {_fmt(r.overall['mAP_50'])} | "
-                     f"{groups} |")
+                     f"{groups} | {_fmt(r.overall.get('F1', -1))} |")
     return "\n".join(lines)
