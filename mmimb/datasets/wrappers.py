@@ -15,15 +15,15 @@ wrapper has the fixed length ``L = round(sum_i r_i)`` and redraws *which* images
 ``L`` slots: epoch ``e``'s index table is a pure function of ``(seed, e)``
 (:func:`mmimb.samplers.systematic_counts`), identical on every rank.
 
-The epoch lives in a one-element tensor in shared memory, so :meth:`RepeatFactorDataset.
-set_epoch`, called in the main process, reaches the copies of the wrapper in the data loader's
-worker processes, persistent ones included; each process redraws its table when it sees a new
-epoch. mmengine calls ``set_epoch`` on samplers only, so :class:`DatasetEpochHook` (add it to
-``custom_hooks``) calls it on every wrapper of the training set: before each epoch in
-epoch-based loops, and every ``len(dataset)`` samples in iteration-based loops (there the switch
-happens when mmengine's ``DistSamplerSeedHook`` would not fire at all; batches that the workers
-had already prefetched still come from the previous table). For iteration-based training with
-exact epoch boundaries use :class:`mmimb.samplers.RepeatFactorSampler` with ``infinite=True``.
+The epoch lives in a one-element tensor in shared memory, so ``set_epoch`` called in the main
+process reaches the copies of the wrapper in the data loader's worker processes, persistent
+ones included; each process redraws its table when it sees a new epoch. mmengine calls
+``set_epoch`` on samplers only, so :class:`DatasetEpochHook` (add it to ``custom_hooks``) calls
+it on every wrapper of the training set: before each epoch in epoch-based loops (exact), and
+every ``len(dataset)`` samples in iteration-based loops, where no hook runs between two passes
+of the data loader (batches that the workers had already prefetched then still come from the
+previous table). For iteration-based training with exact epoch boundaries, use
+:class:`mmimb.samplers.RepeatFactorSampler` with ``infinite=True`` instead.
 
 Shape shorthand: ``N`` images of the wrapped dataset, ``L`` slots of the wrapper.
 """
