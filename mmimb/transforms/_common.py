@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from mmdet.registry import DATASETS
+from mmengine.dataset import BaseDataset
 from mmengine.dist import get_dist_info
 from torch.utils.data import get_worker_info
 
@@ -115,15 +116,23 @@ class ProcessRNG:
         return self._rng
 
 
-def _without_pipelines(cfg: Any) -> Any:
-    """A copy of a dataset config in which every ``pipeline`` (wrappers included) is empty."""
+def _annotations_only(cfg: Any) -> Any:
+    """A copy of a dataset config that reads annotations only.
+
+    Every ``pipeline`` (wrappers' included) is emptied, and mmengine datasets skip serialising
+    their data list (whose ``gc.collect()`` costs a second in a large process; the transforms
+    read every record once).
+    """
     if isinstance(cfg, dict):
-        out = {k: _without_pipelines(v) for k, v in cfg.items()}
+        out = {k: _annotations_only(v) for k, v in cfg.items()}
         if "pipeline" in out:
             out["pipeline"] = []
+        cls = DATASETS.get(out["type"]) if isinstance(out.get("type"), str) else out.get("type")
+        if isinstance(cls, type) and issubclass(cls, BaseDataset):
+            out["serialize_data"] = False
         return type(cfg)(out) if type(cfg) is not dict else out
     if isinstance(cfg, list | tuple):
-        return type(cfg)(_without_pipelines(v) for v in cfg)
+        return type(cfg)(_annotations_only(v) for v in cfg)
     return copy.deepcopy(cfg)
 
 
@@ -132,7 +141,8 @@ def build_annotation_dataset(dataset: Any) -> Any:
 
     Args:
         dataset: a dataset object (returned as it is, after ``full_init()``), or its config
-            dict, which is built with every pipeline emptied and ``lazy_init=False``.
+            dict, which is built with every pipeline emptied and ``lazy_init=False`` (and
+            ``serialize_data=False``).
 
     Returns:
         The dataset.
@@ -144,7 +154,7 @@ def build_annotation_dataset(dataset: Any) -> Any:
         raise ValueError("dataset is required: pass the training dataset or its config dict, "
                          "e.g. dataset={{_base_.train_dataloader.dataset}}")
     if isinstance(dataset, dict):
-        cfg = dict(_without_pipelines(dataset))
+        cfg = dict(_annotations_only(dataset))
         cfg["lazy_init"] = False
         dataset = DATASETS.build(cfg)
     if hasattr(dataset, "full_init"):

@@ -109,6 +109,7 @@ class CropBank:
         shapes: ``int64[K, 2]`` height and width of every stored crop.
         labels: ``int64[K]`` class of every crop.
         scales: ``float64[K]`` stored size / original size of every crop (1 unless downscaled).
+        sources: ``int64[K, 2]`` dataset index of the image and index of the instance in it.
         class_probs: ``float64[C]`` probability of pasting each class; zero for classes without
             crops.
         classes: class names.
@@ -118,16 +119,18 @@ class CropBank:
     """
 
     def __init__(self, pixels: np.ndarray, masks: np.ndarray | None, shapes: np.ndarray,
-                 labels: np.ndarray, scales: np.ndarray, class_probs: np.ndarray,
-                 classes: Sequence[str] = ()) -> None:
+                 labels: np.ndarray, scales: np.ndarray, sources: np.ndarray,
+                 class_probs: np.ndarray, classes: Sequence[str] = ()) -> None:
         if len(labels) == 0:
             raise ValueError("the crop bank is empty")
         sizes = shapes[:, 0] * shapes[:, 1]
         if len(shapes) != len(labels) or len(scales) != len(labels) \
+                or len(sources) != len(labels) \
                 or len(pixels) != sizes.sum() or (masks is not None and len(masks) != len(pixels)):
             raise ValueError("pixels, masks, shapes, labels and scales of a crop bank disagree")
         self.pixels, self.masks, self.shapes = pixels, masks, shapes
-        self.labels, self.scales, self.class_probs = labels, scales, class_probs
+        self.labels, self.scales, self.sources = labels, scales, sources
+        self.class_probs = class_probs
         self.classes = tuple(classes)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.by_class = [np.flatnonzero(labels == c) for c in range(len(class_probs))]
@@ -239,7 +242,7 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
                                   backend_args=backend_args))]
     pixels: list[np.ndarray] = []
     masks: list[np.ndarray] = []
-    shapes, labels, scales = [], [], []
+    shapes, labels, scales, sources = [], [], [], []
     for idx in sorted(picked):
         results = dict(dataset.get_data_info(idx))
         for t in load:
@@ -272,6 +275,7 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
             shapes.append(patch.shape[:2])
             labels.append(c)
             scales.append(scale)
+            sources.append((idx, j))
     if not labels:
         raise _empty_bank_error(dataset, probs, min_crop_size)
     label_arr = np.asarray(labels, dtype=np.int64)
@@ -283,6 +287,7 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
         shapes=np.asarray(shapes, dtype=np.int64).reshape(-1, 2),
         labels=label_arr,
         scales=np.asarray(scales, dtype=np.float64),
+        sources=np.asarray(sources, dtype=np.int64).reshape(-1, 2),
         class_probs=class_probs / class_probs.sum(),
         classes=dataset_classes(dataset))
 
