@@ -41,7 +41,8 @@ class AnnotationIssues:
         source: the file (or a description of the data) the issues were found in.
         num_degenerate_boxes: boxes with width or height ``<= 0``. They are kept: a ground-truth
             box of zero size can never be matched (its IoU with anything is 0), so, unless the
-            metric is told to ignore them, each one counts as a miss of its class.
+            metric is told to ignore them, each one counts as a miss of its class (COCOeval
+            ignores a box whose ``area`` is negative).
         degenerate_examples: up to :data:`MAX_EXAMPLES` descriptions of such boxes.
     """
 

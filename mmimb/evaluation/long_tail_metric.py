@@ -82,8 +82,10 @@ class LongTailMetric(CocoMetric):
         quantiles: ``(q1, q2)`` for ``'quantile'``.
         score_thr: score threshold of precision, recall, F1 and the confusion matrix.
         degenerate_gt: ground-truth boxes with width or height ``<= 0``: ``'keep'`` (as
-            pycocotools and ``CocoMetric``: they can never be matched, so each is a miss),
-            ``'ignore'`` (marked crowd: neither a miss nor a match) or ``'error'``.
+            pycocotools and ``CocoMetric`` do: a box of zero size can never be matched, so it is
+            a miss; one of negative size has a negative area, outside COCOeval's area range,
+            so it is ignored), ``'ignore'`` (marked crowd: neither a miss nor a match) or
+            ``'error'``.
         out_dir: where to write the reports.
         prefix: prefix of the logged keys.
         **kwargs: passed to mmdet's ``CocoMetric`` (``outfile_prefix``, ``format_only`` ...).
