@@ -26,7 +26,7 @@ from mmimb.losses import (
     SoftmaxFocalLoss,
     one_hot_targets,
 )
-from mmimb.losses.modules import class_balanced_weights
+from mmimb.stats import class_balanced_weights
 
 N, C = 41, 5
 COUNTS = [500, 60, 7, 0, 1]

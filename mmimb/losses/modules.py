@@ -2,7 +2,7 @@
 
 Each module validates its arguments in ``__init__``, takes its per-class weights from explicit
 values or from class counts (Cui et al., "Class-Balanced Loss Based on Effective Number of
-Samples", CVPR 2019, see :func:`class_balanced_weights`), calls a functional core
+Samples", CVPR 2019, via :func:`mmimb.stats.class_balanced_weights`), calls a functional core
 from :mod:`mmimb.losses.functional` and reduces with ``weight``, ``avg_factor`` and
 ``reduction_override`` exactly like mmdet's losses.
 
@@ -33,31 +33,12 @@ from mmimb.losses.functional import (
     sigmoid_focal_loss_sum,
     softmax_focal_loss,
 )
-from mmimb.stats import validate_counts
+from mmimb.stats import class_balanced_weights, validate_counts
 
 _REDUCTIONS = ("none", "mean", "sum")
 _UNSET = -1
 
 ClassCounts = Sequence[float] | np.ndarray | str | None
-
-
-def class_balanced_weights(counts: Sequence[float] | np.ndarray, beta: float) -> np.ndarray:
-    """Class-balanced weights ``w_c ∝ (1 - beta) / (1 - beta ** n_c)``, summing to ``C``.
-
-    Cui et al., CVPR 2019, eq. 3 with the effective number ``E_n = (1 - beta ** n) / (1 - beta)``;
-    ``beta ** n`` is evaluated as ``exp(n log beta)`` with ``expm1`` for precision near
-    ``beta = 1``. A class with no instance counts as one: it gets the largest, finite weight.
-    ``beta = 0`` gives equal weights.
-
-    Local stand-in for :func:`mmimb.stats.class_balanced_weights`, whose ``effective_number``
-    currently computes ``(1 - beta) ** n`` instead of ``beta ** n``.
-
-    Raises:
-        ValueError: if a count is negative or not finite (``beta`` is checked by the callers).
-    """
-    n = np.maximum(validate_counts(counts, len(np.atleast_1d(counts)), "counts"), 1.0)
-    inv = np.ones_like(n) if beta == 0 else -1.0 / np.expm1(n * np.log(beta))
-    return inv * (len(n) / inv.sum())
 
 
 def _check_reduction(reduction: str | None, name: str) -> None:
