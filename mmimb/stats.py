@@ -12,7 +12,9 @@ Shape shorthand used below:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import pickle
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,9 @@ class ImageLabels:
         Returns:
             ``(image_idx, class_idx)``, two ``int64`` arrays of equal length.
         """
-        keys = np.unique(self.image_index * self.num_classes + self.labels)
+        # np.sort + a neighbour mask: much faster than np.unique, same result.
+        keys = np.sort(self.image_index * self.num_classes + self.labels)
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
         return keys // self.num_classes, keys % self.num_classes
 
     def concat(self, other: ImageLabels) -> ImageLabels:
@@ -259,15 +263,43 @@ def _dataset_classes(dataset: Any) -> tuple[str, ...]:
     return tuple(meta.get("classes", ()))
 
 
+def _instance_lists(dataset: Any) -> Iterator[list[dict[str, Any]]]:
+    """Yield the ``instances`` of every image of an mmengine-style dataset, once each.
+
+    Datasets that keep mmengine's own ``get_data_info`` are read straight from their storage:
+    one ``pickle.loads`` per record when serialised, no copy otherwise (``get_data_info``
+    deep-copies). Any other dataset goes through its ``get_data_info``.
+    """
+    from mmengine.dataset import BaseDataset
+
+    if isinstance(dataset, BaseDataset) and type(dataset).get_data_info is (
+            BaseDataset.get_data_info):
+        if dataset.serialize_data:
+            ends = dataset.data_address.tolist()
+            view = memoryview(dataset.data_bytes)
+            start = 0
+            for end in ends:
+                yield pickle.loads(view[start:end]).get("instances", [])
+                start = end
+        else:
+            for info in dataset.data_list:
+                yield info.get("instances", [])
+        return
+    for idx in range(len(dataset)):
+        yield dataset.get_data_info(idx).get("instances", [])
+
+
 def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
                               include_ignored: bool = False) -> ImageLabels:
     """Read every image's instance labels from an mmdet/mmengine dataset, once per image.
 
     Supports mmdet detection datasets (``CocoDataset``, ``VOCDataset``, anything derived from
-    ``BaseDetDataset``), mmengine's ``ConcatDataset`` (recursively), and wrappers that keep the
-    wrapped dataset in ``.dataset`` and expose the wrapped images only (mmimb's wrappers); in
-    that case the statistics are those of the wrapped dataset's unique images. A dataset
-    created with ``lazy_init=True`` is initialised here.
+    ``BaseDetDataset``), mmengine's ``ConcatDataset`` (recursively), and wrappers. A wrapper is
+    read as it is indexed: one entry per index, so a re-sampling wrapper with
+    ``get_data_info`` (mmengine's ``ClassBalancedDataset``, mmimb's ``RepeatFactorDataset``)
+    yields its slots, repeats included, which is what a sampler over it needs; a wrapper
+    without ``get_data_info`` is read through its ``.dataset``. A dataset created with
+    ``lazy_init=True`` is initialised here.
 
     Args:
         dataset: the dataset.
@@ -294,12 +326,14 @@ def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
         return image_labels_from_dataset(dataset.dataset, num_classes, include_ignored)
     if hasattr(dataset, "full_init"):
         dataset.full_init()
-    per_image: list[list[int]] = []
-    for idx in range(len(dataset)):
-        instances = dataset.get_data_info(idx).get("instances", [])
-        per_image.append([inst["bbox_label"] for inst in instances
-                          if include_ignored or not inst.get("ignore_flag", 0)])
-    return ImageLabels.from_lists(per_image, num_classes)
+    labels = array("q")
+    offsets = np.empty(len(dataset) + 1, dtype=np.int64)
+    offsets[0] = 0
+    for i, instances in enumerate(_instance_lists(dataset)):
+        labels.extend([inst["bbox_label"] for inst in instances
+                       if include_ignored or not inst.get("ignore_flag", 0)])
+        offsets[i + 1] = len(labels)
+    return ImageLabels(np.frombuffer(labels, dtype=np.int64).copy(), offsets, num_classes)
 
 
 def load_coco(ann: str | Path | dict[str, Any]) -> dict[str, Any]:
