@@ -23,13 +23,13 @@ model = dict(
         anchor_generator=dict(scales=[2, 4], strides=[8, 16, 32])),
     roi_head=dict(
         bbox_roi_extractor=dict(
-            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
             out_channels=64,
             featmap_strides=[8, 16, 32]),
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=12)),
     train_cfg=dict(
-        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=300),
         rcnn=dict(score_thr=0.05, max_per_img=100)))

@@ -1,0 +1,15 @@
+# Class-balanced softmax cross-entropy in the RoI head, counts read from the training set.
+_base_ = './faster-rcnn_r18tiny_fpn_2k_ltsynth.py'
+
+model = dict(
+    roi_head=dict(
+        bbox_head=dict(
+            loss_cls=dict(
+                _delete_=True,
+                type='ClassBalancedCrossEntropyLoss',
+                use_sigmoid=False,
+                num_classes=12,
+                class_counts='auto',
+                beta=0.999,
+                loss_weight=1.0))))
+custom_hooks = [dict(type='ClassStatsHook')]
