@@ -335,6 +335,7 @@ def test_metric_takes_training_stats_of_a_dataset(tiny_root: Path) -> None:
     stats = class_stats(train)
     metric = LongTailMetric(ann_file=str(tiny_root / "annotations/val.json"), class_counts="auto",
                             count_by="instance", group_by="quantile", quantiles=(0.25, 0.75))
+    assert metric.counts_from_dataset  # what a hook looks for
     metric.set_class_stats(stats)
     run_metric(metric, coco, classes)
     assert metric.result is not None

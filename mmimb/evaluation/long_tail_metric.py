@@ -135,6 +135,9 @@ class LongTailMetric(CocoMetric):
         self.degenerate_gt = degenerate_gt
         self.out_dir = out_dir
         self._class_counts = None if isinstance(class_counts, str) else class_counts
+        #: True when the counts must come from the training dataset (``class_counts='auto'``),
+        #: the flag that :class:`mmimb.hooks.ClassStatsHook` reads on losses too.
+        self.counts_from_dataset = class_counts == "auto"
         self._train: TrainSource | None = None
         self._gt_issues: AnnotationIssues | None = None
         self.result: LongTailResult | None = None
@@ -160,12 +163,16 @@ class LongTailMetric(CocoMetric):
         issues = check_coco(coco.dataset, source or "ground truth converted from the dataset")
         if issues and self.degenerate_gt == "error":
             raise ValueError(issues.summary() + "; degenerate_gt='error' refuses them")
+        changed = False
         for ann in coco.dataset.get("annotations", []):
             w, h = ann["bbox"][2:4]
-            if self.degenerate_gt == "ignore" and (w <= 0 or h <= 0):
-                ann["iscrowd"] = 1
-            ann.setdefault("iscrowd", 0)
-        coco.createIndex()
+            crowd = int(bool(ann.get("iscrowd", 0))
+                        or (self.degenerate_gt == "ignore" and (w <= 0 or h <= 0)))
+            if ann.get("iscrowd") != crowd:
+                ann["iscrowd"] = crowd
+                changed = True
+        if changed:
+            coco.createIndex()
         return issues
 
     def _train_source(self) -> TrainSource | None:

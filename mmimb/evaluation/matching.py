@@ -236,19 +236,16 @@ def boxes_from_annotations(anns: list[dict[str, Any]], image_index: dict[Any, in
                            label_of: dict[Any, int],
                            area_range: tuple[float, float] = (0.0, 1e10)) -> BoxSet:
     """A :class:`BoxSet` of the COCO annotations (or results) on known images and categories."""
-    anns = [a for a in anns if a["image_id"] in image_index and a["category_id"] in label_of]
-    box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-    crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-    area = np.array([a.get("area", b[2] * b[3]) for a, b in zip(anns, box, strict=True)],
-                    dtype=np.float64)
-    return BoxSet(
-        image=np.array([image_index[a["image_id"]] for a in anns], dtype=np.int64),
-        label=np.array([label_of[a["category_id"]] for a in anns], dtype=np.int64),
-        box=box,
-        score=np.array([a.get("score", 1.0) for a in anns], dtype=np.float64),
-        crowd=crowd,
-        ignore=crowd | (area < area_range[0]) | (area > area_range[1]),
-    )
+    # One pass over the dicts: image, label, x, y, w, h, score, crowd, area.
+    rows = [(image_index[a["image_id"]], label_of[a["category_id"]], *a["bbox"],
+             a.get("score", 1.0), a.get("iscrowd", 0), a.get("area", a["bbox"][2] * a["bbox"][3]))
+            for a in anns if a["image_id"] in image_index and a["category_id"] in label_of]
+    table = np.array(rows, dtype=np.float64).reshape(-1, 9)
+    crowd = table[:, 7] != 0
+    area = table[:, 8]
+    return BoxSet(image=table[:, 0].astype(np.int64), label=table[:, 1].astype(np.int64),
+                  box=table[:, 2:6], score=table[:, 6], crowd=crowd,
+                  ignore=crowd | (area < area_range[0]) | (area > area_range[1]))
 
 
 def pair_iou(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
