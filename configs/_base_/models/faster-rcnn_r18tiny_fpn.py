@@ -1,22 +1,11 @@
 # A tiny Faster R-CNN trained from scratch (no pretrained weights): the same ResNet-18 layout as
 # the tiny RetinaNet, a 64-channel FPN over strides 8/16/32, and a small two-fc RoI head.
-_base_ = 'mmdet::_base_/models/faster-rcnn_r50_fpn.py'
+_base_ = ['mmdet::_base_/models/faster-rcnn_r50_fpn.py', './r18tiny_backbone.py']
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(
-        _delete_=True,
-        type='ResNet',
-        depth=18,
-        base_channels=16,
-        num_stages=4,
-        out_indices=(1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        style='pytorch',
-        init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128], out_channels=64, num_outs=3),
+    backbone={{_base_.tiny_backbone}},
+    neck=dict(in_channels={{_base_.tiny_backbone_channels}}, out_channels=64, num_outs=3),
     rpn_head=dict(
         in_channels=64,
         feat_channels=64,

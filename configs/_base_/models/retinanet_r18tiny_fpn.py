@@ -1,23 +1,12 @@
 # A tiny RetinaNet trained from scratch (no pretrained weights): ResNet-18 layout with 16 base
 # channels, a 64-channel FPN over strides 8/16/32, and a two-conv head. Built on mmdet's base.
-_base_ = 'mmdet::_base_/models/retinanet_r50_fpn.py'
+_base_ = ['mmdet::_base_/models/retinanet_r50_fpn.py', './r18tiny_backbone.py']
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(
-        _delete_=True,
-        type='ResNet',
-        depth=18,
-        base_channels=16,
-        num_stages=4,
-        out_indices=(1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        style='pytorch',
-        init_cfg=None),
+    backbone={{_base_.tiny_backbone}},
     neck=dict(
-        in_channels=[32, 64, 128],
+        in_channels={{_base_.tiny_backbone_channels}},
         out_channels=64,
         start_level=0,
         add_extra_convs=False,
