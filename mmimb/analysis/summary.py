@@ -190,6 +190,7 @@ class DatasetSummary:
         repeat: the recommended repeat-factor threshold.
         cb_beta: the recommended class-balanced beta.
         notes: remarks on the input (issues, unknown image total ...).
+        per_image: whether per-image labels were known (not for category-info files).
     """
 
     name: str
@@ -201,6 +202,7 @@ class DatasetSummary:
     repeat: Recommendation
     cb_beta: Recommendation
     notes: tuple[str, ...] = field(default=())
+    per_image: bool = True
 
     @property
     def order(self) -> np.ndarray:
@@ -258,7 +260,7 @@ def summarize_dataset(stats: ClassStats, name: str = "dataset", count_by: str = 
         name, stats, grouping, count_by, cb.value,
         effective_number(stats.instance_counts, cb.value),
         recommend_repeat_threshold(stats, max_repeat, image_labels=image_labels), cb,
-        tuple(notes))
+        tuple(notes), image_labels is not None)
 
 
 def _table(rows: list[dict[str, Any]], beta: float, count_by: str) -> list[str]:
@@ -279,7 +281,8 @@ def format_summary(summary: DatasetSummary, max_rows: int | None = 40) -> str:
     s = summary.stats
     m = summary.measures()
     groups = np.bincount(summary.grouping.groups, minlength=3)
-    lines = [f"**{summary.name}**: {s.num_images} images ({s.num_empty_images} without boxes), "
+    empty = f" ({s.num_empty_images} without boxes)" if summary.per_image else ""
+    lines = [f"**{summary.name}**: {s.num_images} images{empty}, "
              f"{s.num_classes} classes, {int(s.instance_counts.sum())} boxes; "
              + ", ".join(f"{n} {g}" for g, n in zip(GROUP_NAMES, groups, strict=True)) + ".", ""]
     rows = summary.rows()

@@ -55,8 +55,8 @@ def describe_grouping(rule: str, thresholds: dict[str, float], count_by: str) ->
     text = (f"Groups by training {count_by} count: rare <= {thresholds['rare_max']:g} < common "
             f"<= {thresholds['common_max']:g} < frequent")
     if rule == "quantile":
-        text += (f" (thresholds at the {thresholds['q1']:g} and {thresholds['q2']:g} quantiles "
-                 "of the classes' counts)")
+        text += (f" (thresholds at the {thresholds['q1']:.3g} and {thresholds['q2']:.3g} "
+                 "quantiles of the classes' counts)")
     return text + "."
 
 
