@@ -19,7 +19,7 @@ train_pipeline = [
          transforms=[
              dict(type='RandomAffine', max_rotate_degree=0, max_shear_degree=0,
                   scaling_ratio_range=(1.0, 1.5), max_translate_ratio=0.0),
-             dict(type='PhotoMetricDistortion'),
+             dict(type='YOLOXHSVRandomAug'),
          ]),
     dict(type='Resize', scale={{_base_.image_scale}}, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),

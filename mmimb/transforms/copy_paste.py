@@ -22,11 +22,13 @@ Shape shorthand: ``H x W`` image, ``N`` objects before, ``M`` after, ``h x w`` o
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import mmcv
+import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmdet.registry import TRANSFORMS
@@ -65,6 +67,7 @@ class Patch:
         label: class index.
         tight: the pasted box is the bounding box of the covered pixels (masks) instead of the
             whole patch.
+        opaque: every pixel has opacity 1 (computed from ``alpha`` when not given).
     """
 
     pixels: np.ndarray
@@ -73,6 +76,11 @@ class Patch:
     y: int
     label: int
     tight: bool = False
+    opaque: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.opaque is None:
+            object.__setattr__(self, "opaque", bool(self.alpha.min(initial=1) >= 1))
 
 
 @dataclass(frozen=True)
@@ -98,30 +106,42 @@ class PasteResult:
     num_pasted: int
 
 
-def _pixel_rect(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+Rect = tuple[int, int, int, int]
+
+
+def _pixel_rect(box: Sequence[float], height: int, width: int) -> Rect:
     """Integer pixel bounds ``x0, y0, x1, y1`` of the pixels a float box touches, in the image."""
-    x0 = min(max(int(np.floor(box[0])), 0), width)
-    y0 = min(max(int(np.floor(box[1])), 0), height)
-    x1 = min(max(int(np.ceil(box[2])), x0), width)
-    y1 = min(max(int(np.ceil(box[3])), y0), height)
-    return x0, y0, x1, y1
+    x0 = min(max(math.floor(box[0]), 0), width)
+    y0 = min(max(math.floor(box[1]), 0), height)
+    x1 = min(max(math.ceil(box[2]), x0), width)
+    return x0, y0, x1, min(max(math.ceil(box[3]), y0), height)
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    """Whether two pixel rectangles ``x0, y0, x1, y1`` share a pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _visible_box(visible: np.ndarray, x0: int, y0: int, box: np.ndarray) -> np.ndarray:
     """Bounding box of the ``True`` pixels of ``visible`` (offset ``x0, y0``), within ``box``."""
     rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
-    tight = np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
-                     dtype=np.float32)
-    return np.concatenate([np.maximum(box[:2], tight[:2]), np.minimum(box[2:], tight[2:])])
+    return np.array([max(box[0], x0 + cols[0]), max(box[1], y0 + rows[0]),
+                     min(box[2], x0 + cols[-1] + 1), min(box[3], y0 + rows[-1] + 1)],
+                    dtype=np.float32)
 
 
 def _blend(region: np.ndarray, patch: Patch) -> None:
-    if np.all(patch.alpha >= 1):
+    """``region = alpha * pixels + (1 - alpha) * region``, rounded for integer images."""
+    if patch.opaque:
         region[...] = patch.pixels
-        return
-    a = patch.alpha[..., None]
-    mixed = a * patch.pixels.astype(np.float32) + (1 - a) * region.astype(np.float32)
-    region[...] = np.rint(mixed) if np.issubdtype(region.dtype, np.integer) else mixed
+    elif region.dtype in (np.uint8, np.float32) and patch.pixels.dtype == region.dtype:
+        alpha = np.ascontiguousarray(patch.alpha)
+        region[...] = cv2.blendLinear(np.ascontiguousarray(patch.pixels),
+                                      np.ascontiguousarray(region), alpha, 1 - alpha)
+    else:
+        a = patch.alpha[..., None]
+        mixed = a * patch.pixels.astype(np.float32) + (1 - a) * region.astype(np.float32)
+        region[...] = np.rint(mixed) if np.issubdtype(region.dtype, np.integer) else mixed
 
 
 def paste_patches(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
@@ -129,6 +149,10 @@ def paste_patches(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                   patches: Sequence[Patch], occlusion_thr: float = 0.7,
                   clip_boxes: bool = True) -> PasteResult:
     """Paste ``patches`` in order onto ``img`` and update the annotations (see module docstring).
+
+    Only objects whose box meets a later patch's rectangle are examined (all of them when masks
+    are given), and only inside the patches' bounding rectangle, so the cost grows with the
+    pasted area and the overlaps, not with the image.
 
     Args:
         img: ``[H, W, 3]`` image (any dtype; integer images are blended with rounding).
@@ -147,91 +171,135 @@ def paste_patches(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
         ValueError: if a patch does not lie inside the image or the inputs disagree in length.
     """
     height, width = img.shape[:2]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     n = len(boxes)
     if len(labels) != n or (ignore is not None and len(ignore) != n) \
             or (masks is not None and len(masks) != n):
         raise ValueError(f"boxes ({n}), labels ({len(labels)}), ignore and masks disagree")
-    out = img.copy()
-    # top[y, x]: the last patch covering the pixel, -1 where the original image shows.
-    top = np.full((height, width), -1, dtype=np.int32)
-    pasted: list[tuple[Patch, np.ndarray, np.ndarray]] = []  # patch, cover, box
+    rects: list[Rect] = []
     for p in patches:
         h, w = p.alpha.shape
         if not (0 <= p.x <= width - w and 0 <= p.y <= height - h) or p.pixels.shape[:2] != (h, w):
             raise ValueError(f"patch {h}x{w} at x={p.x}, y={p.y} does not lie inside the "
                              f"{height}x{width} image or its pixels disagree with its alpha")
-        cover = p.alpha >= COVER_ALPHA
-        if not cover.any():
-            continue
-        _blend(out[p.y:p.y + h, p.x:p.x + w], p)
-        top[p.y:p.y + h, p.x:p.x + w][cover] = len(pasted)
-        if p.tight:
-            box = _visible_box(cover, p.x, p.y, np.array([0, 0, width, height], np.float32))
-        else:
-            box = np.array([p.x, p.y, p.x + w, p.y + h], dtype=np.float32)
-        pasted.append((p, cover, box))
-
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        rects.append((p.x, p.y, p.x + w, p.y + h))
+    out = img.copy()
+    new_boxes = boxes.copy()
     new_masks = None if masks is None else np.asarray(masks, dtype=np.uint8).copy()
     kept = np.ones(n, dtype=bool)
-    new_boxes = boxes.copy()
-    hidden_by_paste = top >= 0
-    for i in range(n):
-        x0, y0, x1, y1 = _pixel_rect(boxes[i], height, width)
-        if new_masks is not None and new_masks[i].any():
-            region = new_masks[i].astype(bool)
-            hidden = region & hidden_by_paste
-            frac = hidden.sum() / region.sum()
-            if frac > 0:
-                new_masks[i][hidden] = 0
-                if clip_boxes and frac <= occlusion_thr:
-                    new_boxes[i] = _visible_box(region & ~hidden, 0, 0, boxes[i])
-        else:
-            if x1 <= x0 or y1 <= y0:
+    pasted_boxes: list[np.ndarray] = []
+    pasted_labels: list[int] = []
+    pasted_masks: list[np.ndarray] = []
+    if rects:
+        # The layer map over the patches' bounding rectangle U = [ux0, ux1) x [uy0, uy1):
+        # top[y, x] is the last patch covering the pixel, -1 where the original image shows.
+        ux0, uy0 = min(r[0] for r in rects), min(r[1] for r in rects)
+        top = np.full((max(r[3] for r in rects) - uy0, max(r[2] for r in rects) - ux0), -1,
+                      dtype=np.int32)
+        covers = []
+        for j, (p, (x0, y0, x1, y1)) in enumerate(zip(patches, rects, strict=True)):
+            cover = p.alpha >= COVER_ALPHA
+            _blend(out[y0:y1, x0:x1], p)
+            top[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0][cover] = j
+            covers.append(cover)
+        hidden_u = top >= 0
+        box_list = boxes.tolist()
+        for i in range(n):
+            if new_masks is not None and new_masks[i].any():
+                frac = _hide_mask(new_masks[i], hidden_u, ux0, uy0)
+                if 0 < frac <= occlusion_thr and clip_boxes:
+                    new_boxes[i] = _visible_box(new_masks[i] > 0, 0, 0, boxes[i])
+                kept[i] = frac <= occlusion_thr
                 continue
-            hidden = hidden_by_paste[y0:y1, x0:x1]
-            frac = hidden.mean()
-            if frac > 0 and clip_boxes and frac <= occlusion_thr:
-                new_boxes[i] = _visible_box(~hidden, x0, y0, boxes[i])
-        kept[i] = frac <= occlusion_thr
-
-    out_boxes = [new_boxes[kept]]
-    out_labels = [np.asarray(labels, dtype=np.int64)[kept]]
-    out_masks = [] if new_masks is None else [new_masks[kept]]
-    for j, (p, cover, box) in enumerate(pasted):
-        h, w = cover.shape
-        later = top[p.y:p.y + h, p.x:p.x + w] > j
-        region = cover if p.tight else np.ones_like(cover)
-        frac = (region & later).sum() / region.sum()
-        if frac > occlusion_thr:
-            continue
-        visible = region & ~later
-        if frac > 0 and clip_boxes:
-            box = _visible_box(visible, p.x, p.y, box)
-        out_boxes.append(box[None])
-        out_labels.append(np.array([p.label], dtype=np.int64))
-        if new_masks is not None:
-            full = np.zeros((1, height, width), dtype=np.uint8)
-            full[0, p.y:p.y + h, p.x:p.x + w] = cover & ~later
-            out_masks.append(full)
-    all_boxes = np.concatenate(out_boxes).astype(np.float32)
-    num_pasted = len(all_boxes) - int(kept.sum())
+            rect = _pixel_rect(box_list[i], height, width)
+            if any(_overlap(rect, r) for r in rects):
+                frac, visible = _hide_box(rect, hidden_u, ux0, uy0)
+                if visible is not None and clip_boxes and frac <= occlusion_thr:
+                    new_boxes[i] = _visible_box(visible, rect[0], rect[1], boxes[i])
+                kept[i] = frac <= occlusion_thr
+        for j, (p, (x0, y0, x1, y1), cover) in enumerate(zip(patches, rects, covers,
+                                                              strict=True)):
+            if not cover.any():
+                continue
+            full = np.array([0, 0, width, height], dtype=np.float32)
+            box = _visible_box(cover, x0, y0, full) if p.tight else \
+                np.array([x0, y0, x1, y1], dtype=np.float32)
+            visible = cover
+            if any(_overlap(rects[j], r) for r in rects[j + 1:]):
+                later = top[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] > j
+                region = cover if p.tight else np.ones_like(cover)
+                hidden = np.count_nonzero(region & later)
+                if hidden / np.count_nonzero(region) > occlusion_thr:
+                    continue
+                visible = cover & ~later
+                if hidden and clip_boxes:
+                    box = _visible_box(region & ~later, x0, y0, box)
+            pasted_boxes.append(box)
+            pasted_labels.append(p.label)
+            if new_masks is not None:
+                full_mask = np.zeros((height, width), dtype=np.uint8)
+                full_mask[y0:y1, x0:x1] = visible
+                pasted_masks.append(full_mask)
+    num_pasted = len(pasted_boxes)
     old_ignore = np.zeros(n, bool) if ignore is None else np.asarray(ignore, dtype=bool)
     return PasteResult(
         img=out,
-        boxes=all_boxes,
-        labels=np.concatenate(out_labels),
+        boxes=np.concatenate([new_boxes[kept], np.asarray(pasted_boxes, np.float32)
+                              .reshape(-1, 4)]),
+        labels=np.concatenate([np.asarray(labels, dtype=np.int64)[kept],
+                               np.asarray(pasted_labels, dtype=np.int64)]),
         ignore=np.concatenate([old_ignore[kept], np.zeros(num_pasted, dtype=bool)]),
-        masks=None if new_masks is None else np.concatenate(out_masks),
+        masks=None if new_masks is None else np.concatenate(
+            [new_masks[kept], np.asarray(pasted_masks, np.uint8).reshape(-1, height, width)]),
         kept=kept,
         num_pasted=num_pasted)
 
 
+def _hide_mask(mask: np.ndarray, hidden_u: np.ndarray, ux0: int, uy0: int) -> float:
+    """Clear the pixels of ``mask`` (``uint8[H, W]``, in place) that the patches cover.
+
+    Returns:
+        The fraction of the mask's pixels that were cleared.
+    """
+    sub = mask[uy0:uy0 + hidden_u.shape[0], ux0:ux0 + hidden_u.shape[1]]
+    hidden = (sub > 0) & hidden_u
+    count = np.count_nonzero(hidden)
+    if count == 0:
+        return 0.0
+    frac = count / np.count_nonzero(mask)
+    sub[hidden] = 0
+    return frac
+
+
+def _hide_box(rect: Rect, hidden_u: np.ndarray, ux0: int, uy0: int
+              ) -> tuple[float, np.ndarray | None]:
+    """Fraction of a box's pixel rectangle that the patches cover, and its visible pixels.
+
+    Returns:
+        ``(fraction, visible)``; ``visible`` is ``bool[y1 - y0, x1 - x0]`` over the rectangle,
+        or ``None`` when nothing of it is covered.
+    """
+    x0, y0, x1, y1 = rect
+    ix0, iy0 = max(x0, ux0), max(y0, uy0)
+    ix1, iy1 = min(x1, ux0 + hidden_u.shape[1]), min(y1, uy0 + hidden_u.shape[0])
+    if ix1 <= ix0 or iy1 <= iy0:
+        return 0.0, None
+    hidden = hidden_u[iy0 - uy0:iy1 - uy0, ix0 - ux0:ix1 - ux0]
+    count = np.count_nonzero(hidden)
+    if count == 0:
+        return 0.0, None
+    visible = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    visible[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = ~hidden
+    return count / visible.size, visible
+
+
+@functools.lru_cache(maxsize=4096)
 def soft_alpha(height: int, width: int, edge: float = SOFT_EDGE) -> np.ndarray:
     """``float32[h, w]`` opacity that rises linearly over a border of ``edge * min(h, w)`` pixels.
 
     The opacity is the product of a row ramp and a column ramp; the outermost pixels get
-    ``1 / (b + 1)`` for a border of ``b`` pixels, the inside 1.
+    ``1 / (b + 1)`` for a border of ``b`` pixels, the inside 1. The result is cached and
+    read-only.
     """
     border = max(1, round(edge * min(height, width)))
 
@@ -239,7 +307,9 @@ def soft_alpha(height: int, width: int, edge: float = SOFT_EDGE) -> np.ndarray:
         i = np.arange(n)
         return np.clip((np.minimum(i, n - 1 - i) + 1) / (border + 1), 0, 1).astype(np.float32)
 
-    return ramp(height)[:, None] * ramp(width)[None, :]
+    alpha = ramp(height)[:, None] * ramp(width)[None, :]
+    alpha.flags.writeable = False
+    return alpha
 
 
 def _check_num_objects(num_objects: int | Sequence[int]) -> tuple[int, int]:
@@ -362,6 +432,7 @@ class RareClassCopyPaste(BaseTransform):
         self._rng = ProcessRNG(seed)
         self.seed = self._rng.seed
         self._bank: CropBank | None = None
+        self._class_cdf = np.zeros(0)
         if not lazy_init:
             self.full_init()
 
@@ -373,12 +444,15 @@ class RareClassCopyPaste(BaseTransform):
     def bank(self) -> CropBank:
         """The crop bank, built on first access."""
         if self._bank is None:
-            self._bank = crop_bank_from_dataset(
+            bank = crop_bank_from_dataset(
                 build_annotation_dataset(self.dataset), classes=self.classes,
                 freq_thr=self.freq_thr, power=self.power,
                 max_crops_per_class=self.max_crops_per_class, min_crop_size=self.min_crop_size,
                 max_crop_side=self.max_crop_side, use_masks=self.use_masks, seed=self.seed,
                 backend_args=self.backend_args)
+            cdf = np.cumsum(bank.class_probs)
+            self._class_cdf = cdf / cdf[-1]   # exactly 1 at the end: every u < 1 finds a class
+            self._bank = bank
         return self._bank
 
     def draw_patches(self, rng: np.random.Generator, height: int, width: int,
@@ -396,35 +470,39 @@ class RareClassCopyPaste(BaseTransform):
         """
         bank = self.bank
         lo, hi = self.num_objects
-        log_lo, log_hi = np.log(self.scale_range)
+        log_lo, log_hi = math.log(self.scale_range[0]), math.log(self.scale_range[1])
+        # One row of uniforms per object: class, crop, scale, flip, x, y.
+        draws = rng.random((int(rng.integers(lo, hi + 1)), 6))
+        classes = np.searchsorted(self._class_cdf, draws[:, 0], side="right").tolist()
         patches = []
-        for _ in range(int(rng.integers(lo, hi + 1))):
-            c = int(rng.choice(len(bank.class_probs), p=bank.class_probs))
+        for c, (_, u_crop, u_scale, u_flip, u_x, u_y) in zip(classes, draws.tolist(),
+                                                             strict=True):
             members = bank.by_class[c]
-            k = int(members[rng.integers(len(members))])
+            k = int(members[int(u_crop * len(members))])
             pixels, mask = bank.crop(k)
-            s = float(np.exp(rng.uniform(log_lo, log_hi))) / bank.scales[k]
+            s = math.exp(log_lo + u_scale * (log_hi - log_lo)) / bank.scales[k]
             th = max(1, round(pixels.shape[0] * s * scale_factor[1]))
             tw = max(1, round(pixels.shape[1] * s * scale_factor[0]))
             if th > height or tw > width:
                 fit = min(height / th, width / tw)
                 th, tw = max(1, int(th * fit)), max(1, int(tw * fit))
-            flip = rng.random() < self.flip_prob
-            x = int(rng.integers(0, width - tw + 1))
-            y = int(rng.integers(0, height - th + 1))
+            x, y = int(u_x * (width - tw + 1)), int(u_y * (height - th + 1))
+            flip = u_flip < self.flip_prob
             if (th, tw) != pixels.shape[:2]:
-                pixels = mmcv.imresize(pixels, (tw, th), interpolation="bilinear")
-            if mask is not None:
-                alpha = mmcv.imresize(mask.astype(np.float32), (tw, th),
-                                      interpolation="bilinear") if (th, tw) != mask.shape \
-                    else mask.astype(np.float32)
-            elif self.blend == "soft":
-                alpha = soft_alpha(th, tw)
-            else:
-                alpha = np.ones((th, tw), dtype=np.float32)
+                pixels = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_LINEAR)
             if flip:
-                pixels, alpha = pixels[:, ::-1], alpha[:, ::-1]
-            patches.append(Patch(pixels, alpha, x, y, c, tight=mask is not None))
+                pixels = cv2.flip(pixels, 1)
+            if mask is not None:
+                alpha: np.ndarray = mask.astype(np.float32)
+                if (th, tw) != mask.shape:
+                    alpha = cv2.resize(alpha, (tw, th), interpolation=cv2.INTER_LINEAR)
+                patches.append(Patch(pixels, cv2.flip(alpha, 1) if flip else alpha, x, y, c,
+                                     tight=True))
+            elif self.blend == "soft":   # symmetric: a flip leaves it as it is
+                patches.append(Patch(pixels, soft_alpha(th, tw), x, y, c, opaque=False))
+            else:
+                patches.append(Patch(pixels, np.ones((th, tw), np.float32), x, y, c,
+                                     opaque=True))
         return patches
 
     def transform(self, results: dict[str, Any]) -> dict[str, Any]:
