@@ -34,6 +34,7 @@ Shape shorthand: K classes, D detections, G ground-truth boxes, P (detection, bo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -188,8 +189,8 @@ def matched_detections(coco_eval: COCOeval, cat_ids: list[int]
         entries = [e for e in coco_eval.evalImgs[base:base + num_img] if e is not None]
         if not entries:
             continue
-        num_gt[k] = sum(len(e["gtIgnore"]) - int(np.count_nonzero(e["gtIgnore"]))
-                        for e in entries)
+        gt_ignore = np.concatenate([e["gtIgnore"] for e in entries])
+        num_gt[k] = len(gt_ignore) - int(np.count_nonzero(gt_ignore))
         scores += [e["dtScores"] for e in entries]
         hits += [e["dtMatches"][t] for e in entries]
         ignored += [e["dtIgnore"][t] for e in entries]
@@ -199,7 +200,7 @@ def matched_detections(coco_eval: COCOeval, cat_ids: list[int]
         return empty.astype(np.int64), empty, empty.astype(bool), num_gt
     keep = ~np.concatenate(ignored).astype(bool)
     det_class = np.concatenate(classes)[keep]
-    det_score = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores])[keep]
+    det_score = np.fromiter(chain.from_iterable(scores), dtype=np.float64)[keep]
     det_tp = np.concatenate(hits)[keep] > 0
     return det_class, det_score, det_tp, num_gt
 
