@@ -463,6 +463,7 @@ def test_copy_paste_invalid_arguments(kwargs: dict[str, Any], name: str) -> None
     (dict(classes=["striped_sqaure"]), "classes"),
     (dict(freq_thr=0.01), "freq_thr"),
     (dict(freq_thr=0.5, min_crop_size=1000), "min_crop_size"),
+    (dict(freq_thr=0.5, use_masks=True), "use_masks"),
 ])
 def test_copy_paste_unknown_classes_and_empty_bank(tiny_root: Path, kwargs: dict[str, Any],
                                                    name: str) -> None:

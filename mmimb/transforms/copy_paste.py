@@ -221,9 +221,9 @@ def paste_patches(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                                                               strict=True)):
             if not cover.any():
                 continue
-            full = np.array([0, 0, width, height], dtype=np.float32)
-            box = _visible_box(cover, x0, y0, full) if p.tight else \
-                np.array([x0, y0, x1, y1], dtype=np.float32)
+            box = np.array([x0, y0, x1, y1], dtype=np.float32)
+            if p.tight:
+                box = _visible_box(cover, x0, y0, box)
             visible = cover
             if any(_overlap(rects[j], r) for r in rects[j + 1:]):
                 later = top[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] > j

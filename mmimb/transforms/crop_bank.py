@@ -161,15 +161,25 @@ def _box_array(boxes: Any) -> np.ndarray:
 
 
 def _has_masks(dataset: Any, use_masks: bool | str) -> bool:
-    if use_masks in (True, False):
-        return bool(use_masks)
-    if use_masks != "auto":
+    """Whether to crop masks: ``use_masks``, or (``'auto'``) whether the annotations have them.
+
+    Raises:
+        ValueError: if ``use_masks`` is invalid, or ``True`` for annotations without masks.
+    """
+    if use_masks not in (True, False, "auto"):
         raise ValueError(f"use_masks must be True, False or 'auto', got {use_masks!r}")
+    if use_masks is False:
+        return False
+    annotated = False
     for idx in range(len(dataset)):
         instances = dataset.get_data_info(idx).get("instances", [])
         if instances:
-            return "mask" in instances[0]
-    return False
+            annotated = "mask" in instances[0]
+            break
+    if use_masks is True and not annotated:
+        raise ValueError("use_masks=True, but the dataset's instances have no 'mask' "
+                         "(boxes only); use use_masks='auto' or False")
+    return annotated
 
 
 def _crop_candidates(dataset: Any, probs: np.ndarray, min_crop_size: float
