@@ -89,8 +89,9 @@ def test_validate_counts_errors() -> None:
 
 
 def test_from_mmdet_dataset_and_concat(tiny_root: Path) -> None:
-    import mmimb  # noqa: F401
     from mmdet.datasets import CocoDataset
+
+    import mmimb  # noqa: F401
 
     coco_stats = class_stats_from_coco(tiny_root / "annotations/train.json")
     names = coco_stats.classes
