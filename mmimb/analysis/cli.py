@@ -12,7 +12,7 @@ number), the imbalance ratio and Gini coefficient, and recommends a repeat-facto
 a class-balanced beta with the reason; with a re-sampling config (found in a config's train
 dataloader, or given with ``--resample``) it adds the expected per-class counts per epoch. It
 writes ``{prefix}class_stats.{md,csv,json}``, ``{prefix}long_tail.png`` and
-``{prefix}resampling_{i}.{md,csv,png}``. ``results`` reads reports of
+``{prefix}resampling_{i}.{csv,png}``. ``results`` reads reports of
 :class:`~mmimb.evaluation.LongTailMetric` and writes ``{prefix}ap_vs_frequency.png`` and, with a
 baseline, ``{prefix}ap_difference.png``.
 """
