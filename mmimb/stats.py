@@ -88,6 +88,28 @@ class ImageLabels:
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
         return keys // self.num_classes, keys % self.num_classes
 
+    def class_counts(self, draws: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and images per class, optionally with image ``i`` drawn ``draws[i]`` times.
+
+        ``boxes_c = sum_i draws_i * n_ic`` and ``images_c = sum_i draws_i * [c in i]``; without
+        ``draws`` (every image once) these are the plain ``int64`` counts, otherwise the
+        expected counts of an epoch of a re-sampler, ``float64``.
+
+        Args:
+            draws: ``[N]`` number (or expected number) of draws of each image.
+
+        Returns:
+            ``(boxes[C], images[C])``.
+        """
+        image_idx, class_idx = self.unique_pairs()
+        if draws is None:
+            return (np.bincount(self.labels, minlength=self.num_classes),
+                    np.bincount(class_idx, minlength=self.num_classes))
+        draws = np.asarray(draws, dtype=np.float64)
+        return (np.bincount(self.labels, weights=draws[self.image_index],
+                            minlength=self.num_classes),
+                np.bincount(class_idx, weights=draws[image_idx], minlength=self.num_classes))
+
     def concat(self, other: ImageLabels) -> ImageLabels:
         """The labels of ``self`` followed by the images of ``other``."""
         if other.num_classes != self.num_classes:
@@ -134,10 +156,10 @@ class ClassStats:
         num_classes = image_labels.num_classes
         if classes and len(classes) != num_classes:
             raise ValueError(f"got {len(classes)} class names for {num_classes} classes")
-        _, pair_classes = image_labels.unique_pairs()
+        instance_counts, image_counts = image_labels.class_counts()
         return cls(
-            instance_counts=np.bincount(image_labels.labels, minlength=num_classes),
-            image_counts=np.bincount(pair_classes, minlength=num_classes),
+            instance_counts=instance_counts,
+            image_counts=image_counts,
             num_images=image_labels.num_images,
             num_empty_images=int(np.count_nonzero(np.diff(image_labels.offsets) == 0)),
             classes=tuple(classes),
@@ -360,6 +382,10 @@ def image_labels_from_coco(ann: str | Path | dict[str, Any],
     cats = sorted(coco.get("categories", []), key=lambda c: c["id"])
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     img_index = {img["id"]: i for i, img in enumerate(coco.get("images", []))}
+    if len(img_index) != len(coco.get("images", [])):
+        ids = [img["id"] for img in coco["images"]]
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:10]
+        raise ValueError(f"duplicate image ids in the annotation file: {dup}")
     per_image: list[list[int]] = [[] for _ in img_index]
     for a in coco.get("annotations", []):
         if a.get("iscrowd", 0) and not include_crowd:
@@ -376,7 +402,15 @@ def image_labels_from_coco(ann: str | Path | dict[str, Any],
 
 def class_stats(dataset: Any, num_classes: int | None = None,
                 include_ignored: bool = False) -> ClassStats:
-    """:class:`ClassStats` of an mmdet/mmengine dataset (see :func:`image_labels_from_dataset`)."""
+    """:class:`ClassStats` of the unique training images of an mmdet/mmengine dataset.
+
+    Re-sampling wrappers (anything holding the wrapped dataset in ``.dataset``: mmengine's
+    ``ClassBalancedDataset``, mmimb's ``RepeatFactorDataset``, mmdet's ``MultiImageMixDataset``)
+    are looked through: losses, metrics and analysis see the data set's own counts, not those
+    of one re-sampled epoch. See :func:`image_labels_from_dataset` for what is read.
+    """
+    while hasattr(dataset, "dataset") and not hasattr(dataset, "datasets"):
+        dataset = dataset.dataset
     labels = image_labels_from_dataset(dataset, num_classes, include_ignored)
     classes = _dataset_classes(dataset)
     return ClassStats.from_image_labels(

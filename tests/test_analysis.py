@@ -16,7 +16,6 @@ import pytest
 from matplotlib.image import imread
 
 from mmimb.analysis import (
-    expected_class_counts,
     gini,
     imbalance_ratio,
     load_source,
@@ -106,7 +105,7 @@ def test_repeat_threshold_reproduces_lvis_and_caps_at_the_head() -> None:
 def test_expected_counts_against_a_loop_and_the_identity() -> None:
     labels = random_labels(np.random.default_rng(1))
     draws = np.random.default_rng(2).uniform(0, 3, labels.num_images)
-    instances, images = expected_class_counts(labels, draws)
+    instances, images = labels.class_counts(draws)
     ref_inst, ref_img = np.zeros(5), np.zeros(5)
     for i in range(labels.num_images):
         mine = labels.labels[labels.offsets[i]:labels.offsets[i + 1]]
@@ -117,7 +116,7 @@ def test_expected_counts_against_a_loop_and_the_identity() -> None:
     np.testing.assert_allclose(instances, ref_inst)
     np.testing.assert_allclose(images, ref_img)
     stats = ClassStats.from_image_labels(labels)
-    ones = expected_class_counts(labels, np.ones(labels.num_images))
+    ones = labels.class_counts(np.ones(labels.num_images))
     np.testing.assert_array_equal(ones[0], stats.instance_counts)
     np.testing.assert_array_equal(ones[1], stats.image_counts)
 
@@ -138,8 +137,7 @@ def test_resampling_effects_match_the_samplers_and_mmengine(tiny_root: Path) -> 
     rfs = RepeatFactorSampler(data, oversample_thr=0.3, seed=0)
     effect = resampling_effect({"type": "RepeatFactorSampler", "oversample_thr": 0.3}, labels,
                                stats)
-    np.testing.assert_allclose(effect.instances, expected_class_counts(labels,
-                                                                      rfs.repeat_factors)[0])
+    np.testing.assert_allclose(effect.instances, labels.class_counts(rfs.repeat_factors)[0])
     assert effect.epoch_length == pytest.approx(rfs.expected_length)
     assert (effect.instances > stats.instance_counts).sum() >= 2, "the case must re-sample"
     # Over many epochs, the sampler's average class counts approach the expectation.
@@ -159,7 +157,7 @@ def test_resampling_effects_match_the_samplers_and_mmengine(tiny_root: Path) -> 
     cas = ClassAwarePowerSampler(data, power=0.5, seed=0)
     effect = resampling_effect({"type": "ClassAwarePowerSampler", "power": 0.5}, labels, stats)
     np.testing.assert_allclose(effect.images,
-                               expected_class_counts(labels, cas.expected_counts)[1])
+                               labels.class_counts(cas.expected_counts)[1])
 
     under = UndersampleSampler(data, sampling_strategy=0.5, seed=0)
     effect = resampling_effect({"type": "UndersampleSampler", "sampling_strategy": 0.5}, labels,

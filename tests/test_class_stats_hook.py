@@ -107,7 +107,8 @@ def test_fills_auto_losses_with_the_dataset_counts(coco_dataset: CocoDataset, by
 
 def test_auto_without_a_training_dataset_raises() -> None:
     runner = fake_runner(losses(), None)
-    with pytest.raises(ValueError, match="2 loss\\(es\\) have class_counts='auto'"):
+    with pytest.raises(ValueError,
+                       match=r"2 loss\(es\) and 0 metric\(s\) have class_counts='auto'"):
         ClassStatsHook().before_train(runner)
     with pytest.raises(ValueError, match="num_classes=3"):
         runner.model[0](torch.zeros(2, 3), torch.tensor([0, 3]))

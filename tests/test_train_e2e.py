@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmimb.stats import class_stats_from_coco
 from tests.conftest import REPO, TINY
 
 pytestmark = pytest.mark.slow
@@ -41,10 +42,12 @@ val_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, synthetic=synthetic))
 test_dataloader = val_dataloader
+# Training counts for the groups come from the runner's training set through the hook.
 val_evaluator = dict(ann_file=data_root + 'annotations/val.json',
-                     train_ann_file=data_root + 'annotations/train.json',
+                     train_ann_file=None, class_counts='auto',
                      rare_max=5, common_max=20)
 test_evaluator = val_evaluator
+custom_hooks = [dict(type='ClassStatsHook')]
 train_cfg = dict(max_iters={train_cfg.get('max_iters', 4)},
                  val_interval={train_cfg.get('val_interval', 4)})
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=6)]
@@ -81,6 +84,8 @@ def test_train_evaluates_with_long_tail_metric(tmp_path: Path, tiny_root: Path) 
         json.loads((tiny_root / "annotations/val.json").read_text())["categories"][i]["name"]
         for i in range(TINY.num_classes))
     assert set(report["groups"]) == {"rare", "common", "frequent"}
+    train = class_stats_from_coco(tiny_root / "annotations/train.json")
+    assert [r["train_count"] for r in report["classes"]] == train.image_counts.tolist()
     assert sum(g["num_classes"] for g in report["groups"].values()) == TINY.num_classes
     assert (work / "iter_4.pth").exists()
     assert next(work.glob("*/long_tail.md")).read_text().startswith("| class |")

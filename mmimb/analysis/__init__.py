@@ -4,7 +4,7 @@ The command line is ``mmimb-analyze`` (:mod:`mmimb.analysis.cli`); figures are d
 :mod:`mmimb.analysis.plots` (imported on use, so that ``import mmimb`` stays light).
 """
 
-from mmimb.analysis.resampling import ResamplingEffect, expected_class_counts, resampling_effect
+from mmimb.analysis.resampling import ResamplingEffect, resampling_effect
 from mmimb.analysis.sources import DatasetSource, load_source
 from mmimb.analysis.summary import (
     DatasetSummary,
@@ -19,6 +19,6 @@ from mmimb.analysis.summary import (
 from mmimb.analysis.voc import VocAnnotations, read_voc
 
 __all__ = ["DatasetSource", "DatasetSummary", "Recommendation", "ResamplingEffect",
-           "VocAnnotations", "expected_class_counts", "format_summary", "gini",
+           "VocAnnotations", "format_summary", "gini",
            "imbalance_ratio", "load_source", "read_voc", "recommend_cb_beta",
            "recommend_repeat_threshold", "resampling_effect", "summarize_dataset"]

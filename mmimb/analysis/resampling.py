@@ -77,27 +77,6 @@ class ResamplingEffect:
     exact: bool = True
 
 
-def expected_class_counts(image_labels: ImageLabels,
-                          draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class boxes and images of an epoch in which image ``i`` is drawn ``draws[i]`` times.
-
-    ``E[boxes_c] = sum_i draws_i * n_ic`` and ``E[images_c] = sum_i draws_i * [c in i]``; with
-    ``draws = 1`` they are :class:`~mmimb.stats.ClassStats`'s instance and image counts.
-
-    Args:
-        image_labels: labels of the ``N`` images.
-        draws: ``float64[N]`` expected draws of each image.
-
-    Returns:
-        ``(instances float64[C], images float64[C])``.
-    """
-    k = image_labels.num_classes
-    instances = np.bincount(image_labels.labels, weights=draws[image_labels.image_index],
-                            minlength=k)
-    image_idx, class_idx = image_labels.unique_pairs()
-    return instances, np.bincount(class_idx, weights=draws[image_idx], minlength=k)
-
-
 def _describe(kind: str, args: dict[str, Any]) -> str:
     shown = {k: f"{v:.4g}" if isinstance(v, float) else repr(v) for k, v in args.items()}
     return f"{kind}(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
@@ -151,7 +130,7 @@ def resampling_effect(spec: dict[str, Any], image_labels: ImageLabels,
             draws = factors * (np.floor(factors.sum() + 0.5) / factors.sum())
         else:
             draws = factors
-    instances, images = expected_class_counts(image_labels, draws)
+    instances, images = image_labels.class_counts(draws)
     return ResamplingEffect(method, instances, images, float(draws.sum()))
 
 

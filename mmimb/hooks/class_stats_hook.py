@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mmdet.registry import HOOKS
+from mmdet.registry import DATASETS, HOOKS
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -29,13 +29,17 @@ def _summary(counts: np.ndarray) -> str:
 
 @HOOKS.register_module()
 class ClassStatsHook(Hook):
-    """Fill ``class_counts='auto'`` losses with the training set's counts before training.
+    """Give the training set's class statistics to every loss and metric that waits for them.
 
     In ``before_train`` (which mmengine calls after loading or resuming a checkpoint), the hook
     computes :func:`mmimb.stats.class_stats` of ``runner.train_dataloader.dataset`` once and
     calls ``set_class_counts(counts)`` on every sub-module of the (unwrapped) model that has the
     method and was configured with ``class_counts='auto'`` (``counts_from_dataset`` is true).
-    Losses given explicit counts are left alone.
+    Losses given explicit counts are left alone. Metrics of the validation (``before_train``)
+    and test (``before_test``) evaluators configured with ``class_counts='auto'``, such as
+    :class:`mmimb.evaluation.LongTailMetric`, receive the whole :class:`~mmimb.stats.ClassStats`
+    through ``set_class_stats``. Statistics are those of the unique training images
+    (re-sampling wrappers are looked through).
 
     Checkpoints: the counts are a buffer of the loss, so a checkpoint restores them before this
     hook runs. On resume the training set is the same, so the recomputed counts equal the
@@ -68,21 +72,32 @@ class ClassStatsHook(Hook):
                 if callable(getattr(m, "set_class_counts", None))
                 and getattr(m, "counts_from_dataset", False)]
 
+    @staticmethod
+    def waiting_metrics(loop: Any) -> list[Any]:
+        """The metrics of a val/test loop's evaluator that wait for training statistics."""
+        evaluator = getattr(loop, "evaluator", None)
+        return [m for m in getattr(evaluator, "metrics", [])
+                if callable(getattr(m, "set_class_stats", None))
+                and getattr(m, "counts_from_dataset", False)]
+
     def before_train(self, runner: Runner) -> None:
-        """Compute the counts once and give them to every waiting loss."""
-        targets = self.targets(runner.model)
-        if not targets:
-            runner.logger.warning("ClassStatsHook: no loss with class_counts='auto' in the model")
+        """Compute the statistics once; give them to every waiting loss and val metric."""
+        losses = self.targets(runner.model)
+        metrics = self.waiting_metrics(getattr(runner, "val_loop", None))
+        if not losses and not metrics:
+            runner.logger.warning(
+                "ClassStatsHook: no loss or metric with class_counts='auto' waits for counts")
             return
         dataset = getattr(getattr(runner, "train_dataloader", None), "dataset", None)
         if dataset is None:
             raise ValueError(
-                f"ClassStatsHook: {len(targets)} loss(es) have class_counts='auto' but the "
-                "runner has no training dataset to count")
-        counts = class_stats(dataset).counts(self.by)
+                f"ClassStatsHook: {len(losses)} loss(es) and {len(metrics)} metric(s) have "
+                "class_counts='auto' but the runner has no training dataset to count")
+        stats = class_stats(dataset)
+        counts = stats.counts(self.by)
         runner.logger.info(f"ClassStatsHook: {self.by} counts of the training set: "
                            f"{_summary(counts)}")
-        for module in targets:
+        for module in losses:
             restored = module.get_class_counts()
             if restored is not None and not np.array_equal(restored, counts):
                 runner.logger.warning(
@@ -90,3 +105,26 @@ class ClassStatsHook(Hook):
                     f"{restored.tolist()} (from a checkpoint); replacing them with the training "
                     f"set's {counts.tolist()}")
             module.set_class_counts(counts)
+        for metric in metrics:
+            metric.set_class_stats(stats)
+
+    def before_test(self, runner: Runner) -> None:
+        """Give the training statistics to waiting test metrics (``tools/test.py``).
+
+        The training set is built from ``train_dataloader.dataset`` of the config (its
+        annotations are read; no image is loaded).
+
+        Raises:
+            ValueError: if a metric waits and the config has no training dataset.
+        """
+        metrics = self.waiting_metrics(runner.test_loop)
+        if not metrics:
+            return
+        dataset_cfg = runner.cfg.get("train_dataloader", {}).get("dataset")
+        if dataset_cfg is None:
+            raise ValueError(
+                f"ClassStatsHook: {len(metrics)} test metric(s) have class_counts='auto' but "
+                "the config has no train_dataloader.dataset to count")
+        stats = class_stats(DATASETS.build(dataset_cfg))
+        for metric in metrics:
+            metric.set_class_stats(stats)
