@@ -1,16 +1,21 @@
-"""Every shipped config loads, builds its detector, and builds its training data loader."""
+"""Every shipped config builds its detector and training data, trains one step and predicts."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
+from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
 
 import mmimb  # noqa: F401
+from mmimb.hooks import ClassStatsHook
+from mmimb.stats import class_stats
 from tests.conftest import REPO
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.py") if p.parent.name != "_base_")
@@ -38,3 +43,23 @@ def test_config_builds(path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     classes = loader.dataset.metainfo["classes"]
     assert len(classes) == cfg.model.get("bbox_head", cfg.model.get("roi_head", {}).get(
         "bbox_head", {})).get("num_classes")
+
+    # One training step and one prediction step of the detector on that batch, with the class
+    # counts that ClassStatsHook would give to losses configured with class_counts='auto'.
+    for loss in ClassStatsHook.targets(model):
+        loss.set_class_counts(class_stats(loader.dataset).instance_counts)
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-3))
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    log_vars = model.train_step(batch, optim)  # forward, backward, SGD step
+    assert all(math.isfinite(float(v)) for v in log_vars.values()), log_vars
+    after = list(model.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in after)  # finite gradients, finite step
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    model.eval()
+    with torch.no_grad():
+        predictions = model.test_step(batch)
+    assert len(predictions) == len(batch["inputs"])
+    for sample in predictions:
+        labels = sample.pred_instances.labels
+        assert labels.numel() == 0 or int(labels.max()) < len(classes)
