@@ -280,7 +280,8 @@ def class_balanced_weights(counts: Sequence[float] | np.ndarray, beta: float) ->
     return inv * (len(n) / inv.sum())
 
 
-def _dataset_classes(dataset: Any) -> tuple[str, ...]:
+def dataset_classes(dataset: Any) -> tuple[str, ...]:
+    """The class names in a dataset's ``metainfo`` (empty when it has none)."""
     meta = getattr(dataset, "metainfo", None) or {}
     return tuple(meta.get("classes", ()))
 
@@ -333,7 +334,7 @@ def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
         ValueError: if the number of classes is unknown or a label lies outside it.
     """
     if num_classes is None:
-        num_classes = len(_dataset_classes(dataset))
+        num_classes = len(dataset_classes(dataset))
         if num_classes == 0:
             raise ValueError(
                 f"{type(dataset).__name__} has no metainfo['classes']; pass num_classes")
@@ -412,7 +413,7 @@ def class_stats(dataset: Any, num_classes: int | None = None,
     while hasattr(dataset, "dataset") and not hasattr(dataset, "datasets"):
         dataset = dataset.dataset
     labels = image_labels_from_dataset(dataset, num_classes, include_ignored)
-    classes = _dataset_classes(dataset)
+    classes = dataset_classes(dataset)
     return ClassStats.from_image_labels(
         labels, classes if len(classes) == labels.num_classes else ())
 

@@ -162,12 +162,6 @@ def build_annotation_dataset(dataset: Any) -> Any:
     return dataset
 
 
-def dataset_classes(dataset: Any) -> tuple[str, ...]:
-    """The class names in a dataset's ``metainfo`` (empty when it has none)."""
-    meta = getattr(dataset, "metainfo", None) or {}
-    return tuple(meta.get("classes", ()))
-
-
 def class_stats_of(dataset: Any) -> ClassStats:
     """:func:`mmimb.stats.class_stats` of the training set, which must not be empty.
 

@@ -37,14 +37,13 @@ import numpy as np
 from mmdet.registry import TRANSFORMS
 from mmdet.structures.bbox import BaseBoxes
 
-from mmimb.stats import ClassStats, class_frequencies
+from mmimb.stats import ClassStats, class_frequencies, dataset_classes
 from mmimb.transforms._common import (
     BANK_STREAM,
     check_number,
     check_seed,
     class_indices,
     class_stats_of,
-    dataset_classes,
 )
 
 _SEED_MASK = (1 << 64) - 1
