@@ -729,8 +729,8 @@ def test_two_workers_reproduce_given_the_seed(tiny_root: Path) -> None:
 
 EXPERIMENTS = ["retinanet/rarecopypaste_retinanet_r18tiny_fpn_2k_ltsynth.py",
                "retinanet/rarityaug_retinanet_r18tiny_fpn_2k_ltsynth.py",
-               "faster_rcnn/rarecopypaste_faster-rcnn_r18tiny_fpn_2k_ltsynth.py",
-               "faster_rcnn/rarityaug_faster-rcnn_r18tiny_fpn_2k_ltsynth.py"]
+               "faster_rcnn/rarecopypaste_faster-rcnn_r18tiny_fpn_1k_ltsynth.py",
+               "faster_rcnn/rarityaug_faster-rcnn_r18tiny_fpn_1k_ltsynth.py"]
 
 
 def tiny_experiment(name: str, data_root: Path, work_dir: Path, max_iters: int = 2) -> Config:

@@ -17,7 +17,7 @@ from mmimb.evaluation import compare_table, format_table, load_result
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIGS = [
     "configs/retinanet/retinanet_r18tiny_fpn_2k_ltsynth.py",
-    "configs/faster_rcnn/faster-rcnn_r18tiny_fpn_2k_ltsynth.py",
+    "configs/faster_rcnn/faster-rcnn_r18tiny_fpn_1k_ltsynth.py",
 ]
 
 

@@ -1,5 +1,5 @@
 # Class-balanced softmax cross-entropy in the RoI head, counts read from the training set.
-_base_ = './faster-rcnn_r18tiny_fpn_2k_ltsynth.py'
+_base_ = './faster-rcnn_r18tiny_fpn_1k_ltsynth.py'
 
 model = dict(
     roi_head=dict(

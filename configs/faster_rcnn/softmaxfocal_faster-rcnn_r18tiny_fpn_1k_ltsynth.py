@@ -1,5 +1,5 @@
 # Softmax focal loss (Lin et al., ICCV 2017) in the RoI head, with its background column.
-_base_ = './faster-rcnn_r18tiny_fpn_2k_ltsynth.py'
+_base_ = './faster-rcnn_r18tiny_fpn_1k_ltsynth.py'
 
 model = dict(
     roi_head=dict(

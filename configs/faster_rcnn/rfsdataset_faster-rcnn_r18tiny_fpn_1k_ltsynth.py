@@ -1,6 +1,6 @@
 # Repeat-factor sampling as a dataset wrapper (composes with MultiImageMixDataset/ConcatDataset).
 # Its table of repeated images is redrawn every epoch by DatasetEpochHook.
-_base_ = './faster-rcnn_r18tiny_fpn_2k_ltsynth.py'
+_base_ = './faster-rcnn_r18tiny_fpn_1k_ltsynth.py'
 
 train_dataloader = dict(
     dataset=dict(

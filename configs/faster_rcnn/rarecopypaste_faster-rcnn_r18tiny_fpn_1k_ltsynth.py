@@ -2,7 +2,7 @@
 # Crops of the classes in at most 15% of training images (the rare and common groups of the
 # metric, 9 of 12 classes) are pasted into half of the images, 1-2 per image, class c with
 # probability proportional to (1 / f_c) ** 0.5. The bank reads the baseline's training set.
-_base_ = './faster-rcnn_r18tiny_fpn_2k_ltsynth.py'
+_base_ = './faster-rcnn_r18tiny_fpn_1k_ltsynth.py'
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -4,7 +4,7 @@
 # of the time, the others never. The statistics come from the baseline's training set.
 # Zoom-in only and no translation: RandomAffine fills uncovered borders with grey, which would
 # mark rare-class images.
-_base_ = './faster-rcnn_r18tiny_fpn_2k_ltsynth.py'
+_base_ = './faster-rcnn_r18tiny_fpn_1k_ltsynth.py'
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
