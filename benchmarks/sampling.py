@@ -7,16 +7,22 @@ Data: synthetic annotation sets whose per-class image counts follow LVIS v1 trai
 ``1 + Poisson(m_c - 1)`` boxes on each, ``m_c`` being LVIS's boxes per image of class ``c``.
 Images that draw no class are background-only, as in LVIS.
 
-Every variant wraps the same dataset object: a light ``BaseDataset`` whose ``get_data_info``
-builds an image's instance list from a numpy CSR array (no record to unpickle), and whose
-``get_cat_ids`` returns the labels of ``get_data_info``, as mmdet's ``BaseDetDataset`` does.
-mmengine reads ``get_cat_ids`` twice per image; :mod:`mmimb.stats` reads ``get_data_info`` once.
+Every variant reads the same dataset object, held as mmdet holds a loaded ``CocoDataset``:
+records pickled one by one into mmengine's serialised storage (:class:`SerializedDetDataset`).
+mmengine reads ``get_cat_ids`` twice per image, unpickling the record each time;
+:mod:`mmimb.stats` unpickles each record once, and caches the labels it read under a hash of the
+records' bytes (:mod:`mmimb.label_cache`), so a later set-up on the same data (the other ranks'
+of a later run, the next experiment, a resumed run) hashes instead of unpickling.
 
 * ``mmengine ClassBalancedDataset``: ``ceil`` rounding, Python lists;
-* ``mmimb RepeatFactorDataset``: ``full_init`` and the first epoch's table (stochastic rounding);
-* ``mmimb RepeatFactorSampler``: construction and the first epoch's draw and shuffle;
-* ``mmimb, labels given``: the same computation from an ``ImageLabels`` already in memory, i.e.
-  the set-up of a dataset that hands over its labels in bulk instead of image by image.
+* ``mmimb RepeatFactorDataset, first run``: ``full_init`` and the first epoch's table
+  (stochastic rounding) with an empty label cache: every record read, labels hashed and
+  written to the cache;
+* ``mmimb RepeatFactorDataset, cache off``: the same with ``MMIMB_LABEL_CACHE=0``;
+* ``mmimb RepeatFactorDataset, labels cached``: the same once the cache holds the labels;
+* ``mmimb RepeatFactorSampler, labels cached``: construction and the first epoch's draw and
+  shuffle, cache filled;
+* ``mmimb, labels in memory``: the computation alone, from an ``ImageLabels`` in memory.
 
 Time: the best of ``--repeats`` runs, without tracing. Memory: the peak that ``tracemalloc``
 sees during one more run (it traces Python objects and numpy buffers alike), above what was
@@ -38,6 +44,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import pickle
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -45,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mmengine.dataset import BaseDataset, ClassBalancedDataset
+from mmdet.datasets import BaseDetDataset
+from mmengine.dataset import ClassBalancedDataset
 
 from mmimb.datasets.wrappers import RepeatFactorDataset
 from mmimb.samplers import RepeatFactorSampler, epoch_rng, repeat_indices, round_factors
@@ -84,30 +94,48 @@ def synthetic_labels(num_images: int, image_counts: np.ndarray, instance_counts:
     return ImageLabels(classes[order].astype(np.int64), offsets, len(scaled))
 
 
-class CSRDataset(BaseDataset):
-    """A loaded detection dataset whose annotations are a numpy CSR array (no records)."""
+class SerializedDetDataset(BaseDetDataset):
+    """A loaded mmdet detection dataset, held exactly as ``CocoDataset`` holds one.
+
+    The records are what ``CocoDataset.parse_data_info`` makes of a box-only annotation file
+    (``img_path``, ``img_id``, ``seg_map_path``, ``height``, ``width`` and one
+    ``{'ignore_flag', 'bbox', 'bbox_label'}`` per box), pickled one by one into mmengine's
+    serialised storage (``serialize_data=True``, every mmdet dataset's default), as
+    ``BaseDataset._serialize_data`` does. They are generated and pickled in chunks, so
+    millions of records never exist as Python objects at once. ``get_data_info`` and
+    ``get_cat_ids`` are mmengine's and mmdet's own.
+    """
 
     def __init__(self, labels: ImageLabels, classes: tuple[str, ...]) -> None:
-        self._labels, self._offsets = labels.labels, labels.offsets
-        self._metainfo = {"classes": classes}
-        self._fully_initialized = True
+        self._source = labels
+        super().__init__(ann_file="", metainfo={"classes": classes}, pipeline=[],
+                         lazy_init=True)
+        self.full_init()
 
     def full_init(self) -> None:
-        pass
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def get_data_info(self, idx: int) -> dict[str, Any]:
-        labels = self._labels[self._offsets[idx]:self._offsets[idx + 1]].tolist()
-        return {"instances": [{"bbox_label": c} for c in labels]}
-
-    def get_cat_ids(self, idx: int) -> list[int]:
-        """As mmdet's ``BaseDetDataset.get_cat_ids``: the labels of ``get_data_info``."""
-        return [instance["bbox_label"] for instance in self.get_data_info(idx)["instances"]]
-
-    def __getitem__(self, idx: int) -> int:
-        return idx
+        if self._fully_initialized:
+            return
+        labels, offsets = self._source.labels, self._source.offsets
+        rng = np.random.default_rng(1)
+        chunks, sizes = [], []
+        for start in range(0, self._source.num_images, 10_000):
+            stop = min(start + 10_000, self._source.num_images)
+            lo, hi = int(offsets[start]), int(offsets[stop])
+            xy = rng.uniform(0, 560, (hi - lo, 2))
+            boxes = np.round(np.hstack([xy, xy + rng.uniform(4, 80, (hi - lo, 2))]), 1)
+            box_list, classes = boxes.tolist(), labels[lo:hi].tolist()
+            records = [pickle.dumps({
+                "img_path": f"data/lvis/train2017/{i:012d}.jpg", "img_id": i,
+                "seg_map_path": None, "height": 480, "width": 640,
+                "instances": [{"ignore_flag": 0, "bbox": box_list[k], "bbox_label": classes[k]}
+                              for k in range(int(offsets[i]) - lo, int(offsets[i + 1]) - lo)],
+            }, protocol=4) for i in range(start, stop)]
+            sizes.extend(len(r) for r in records)
+            chunks.append(b"".join(records))
+        self.data_bytes = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+        self.data_address = np.cumsum(np.asarray(sizes, dtype=np.int64))
+        self.data_list = []
+        self._fully_initialized = True
 
 
 def numpy_setup(labels: ImageLabels, thr: float) -> np.ndarray:
@@ -140,7 +168,18 @@ def measure(build: Callable[[], Any], repeats: int) -> dict[str, float]:
 def run_size(num_images: int, thr: float, repeats: int, epochs: int,
              marginals: tuple[np.ndarray, np.ndarray, tuple[str, ...]]) -> dict[str, Any]:
     labels = synthetic_labels(num_images, marginals[0], marginals[1])
-    dataset = CSRDataset(labels, marginals[2])
+    dataset = SerializedDetDataset(labels, marginals[2])
+    cache_root = tempfile.TemporaryDirectory(prefix="mmimb-bench-cache-")
+    filled_cache = tempfile.mkdtemp(dir=cache_root.name)
+
+    def with_cache(cache: str | None, build: Callable[[], Any]) -> Callable[[], Any]:
+        """``build`` run with the label cache in ``cache`` (a fresh folder if ``'new'``)."""
+        def run() -> Any:
+            os.environ["MMIMB_LABEL_CACHE"] = "0" if cache is None else "1"
+            os.environ["MMIMB_CACHE_DIR"] = (tempfile.mkdtemp(dir=cache_root.name)
+                                             if cache == "new" else cache or "")
+            return build()
+        return run
 
     def wrapper() -> RepeatFactorDataset:
         out = RepeatFactorDataset(dataset, oversample_thr=thr, seed=0)
@@ -152,11 +191,14 @@ def run_size(num_images: int, thr: float, repeats: int, epochs: int,
         out.epoch_indices()
         return out
 
+    with_cache(filled_cache, sampler)()  # fills the cache
     variants: dict[str, Callable[[], Any]] = {
         "mmengine ClassBalancedDataset": lambda: ClassBalancedDataset(dataset, thr),
-        "mmimb RepeatFactorDataset": wrapper,
-        "mmimb RepeatFactorSampler": sampler,
-        "mmimb, labels given": lambda: numpy_setup(labels, thr),
+        "mmimb RepeatFactorDataset, first run": with_cache("new", wrapper),
+        "mmimb RepeatFactorDataset, cache off": with_cache(None, wrapper),
+        "mmimb RepeatFactorDataset, labels cached": with_cache(filled_cache, wrapper),
+        "mmimb RepeatFactorSampler, labels cached": with_cache(filled_cache, sampler),
+        "mmimb, labels in memory": lambda: numpy_setup(labels, thr),
     }
     results = {name: measure(build, repeats) for name, build in variants.items()}
 
@@ -172,7 +214,9 @@ def run_size(num_images: int, thr: float, repeats: int, epochs: int,
         "wrapper (fixed)": len(wrapper()) / expected - 1,
         "mmengine": len(ClassBalancedDataset(dataset, thr)) / expected - 1,
     }
+    cache_root.cleanup()
     return {"num_images": num_images, "num_boxes": len(labels.labels),
+            "record_mib": dataset.data_bytes.nbytes / MIB,
             "num_classes": labels.num_classes, "thr": thr, "expected_length": expected,
             "epochs": epochs, "setup": results,
             "epoch_length_error": {k: float(v) for k, v in errors.items()}}
@@ -180,14 +224,15 @@ def run_size(num_images: int, thr: float, repeats: int, epochs: int,
 
 def print_size(result: dict[str, Any]) -> None:
     print(f"\nN = {result['num_images']:,} images, {result['num_boxes']:,} boxes, "
-          f"{result['num_classes']} classes, t = {result['thr']}, "
+          f"{result['num_classes']} classes, {result['record_mib']:,.0f} MiB of records, "
+          f"t = {result['thr']}, "
           f"sum of repeat factors = {result['expected_length']:,.1f}")
     setup = result["setup"]
     ref = setup["mmengine ClassBalancedDataset"]
-    print(f"{'variant':32s} {'set-up s':>9s} {'x faster':>9s} {'peak MiB':>9s} "
+    print(f"{'variant':42s} {'set-up s':>9s} {'x faster':>9s} {'peak MiB':>9s} "
           f"{'x of ref':>9s} {'kept MiB':>9s}")
     for name, row in setup.items():
-        print(f"{name:32s} {row['time_s']:9.3f} {ref['time_s'] / row['time_s']:9.1f} "
+        print(f"{name:42s} {row['time_s']:9.3f} {ref['time_s'] / row['time_s']:9.1f} "
               f"{row['peak_mib']:9.1f} {row['peak_mib'] / ref['peak_mib']:9.3f} "
               f"{row['kept_mib']:9.1f}")
     print(f"epoch length vs sum of factors ({result['epochs']} epochs for stochastic):")

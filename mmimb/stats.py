@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from mmimb import label_cache
+
 #: Names of the frequency groups, indexed by the values that :func:`frequency_groups` returns.
 GROUP_NAMES: tuple[str, str, str] = ("rare", "common", "frequent")
 
@@ -28,6 +30,22 @@ GROUP_NAMES: tuple[str, str, str] = ("rare", "common", "frequent")
 #: frequent = more than 100.
 LVIS_RARE_MAX = 10
 LVIS_COMMON_MAX = 100
+
+
+#: Labels per block of :meth:`ImageLabels.blocks`: bounds the temporaries of the counting
+#: passes (a few ``int64`` arrays of this length) whatever the size of the dataset.
+BLOCK_LABELS = 1 << 16
+
+
+def label_dtype(num_classes: int) -> np.dtype[Any]:
+    """The smallest of ``int16``, ``int32``, ``int64`` that holds every label in ``[0, C)``.
+
+    LVIS (1203 classes) and Objects365 (365) labels take 2 bytes each instead of 8.
+    """
+    for dtype in (np.int16, np.int32):
+        if num_classes - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -38,7 +56,8 @@ class ImageLabels:
     has an empty slice.
 
     Attributes:
-        labels: ``int64[L]`` class index of every instance, image after image.
+        labels: ``int[L]`` class index of every instance, image after image, in
+            :func:`label_dtype` (any integer array given is converted to it).
         offsets: ``int64[N + 1]`` start of each image's labels in ``labels``.
         num_classes: number of classes ``C``; every label lies in ``[0, C)``.
     """
@@ -50,6 +69,8 @@ class ImageLabels:
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not np.issubdtype(self.labels.dtype, np.integer) and len(self.labels):
+            raise TypeError(f"labels must be an integer array, got dtype {self.labels.dtype}")
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
             raise ValueError("offsets must be a 1-D array starting at 0")
         if self.offsets[-1] != len(self.labels) or np.any(np.diff(self.offsets) < 0):
@@ -58,6 +79,11 @@ class ImageLabels:
             bad = self.labels[(self.labels < 0) | (self.labels >= self.num_classes)][0]
             raise ValueError(
                 f"label {int(bad)} is outside [0, num_classes={self.num_classes})")
+        dtype = label_dtype(self.num_classes)
+        if self.labels.dtype != dtype:
+            object.__setattr__(self, "labels", self.labels.astype(dtype))
+        if self.offsets.dtype != np.int64:
+            object.__setattr__(self, "offsets", self.offsets.astype(np.int64))
 
     @classmethod
     def from_lists(cls, per_image: Sequence[Sequence[int]], num_classes: int) -> ImageLabels:
@@ -77,23 +103,51 @@ class ImageLabels:
         """``int64[L]``: the image that each entry of ``labels`` belongs to."""
         return np.repeat(np.arange(self.num_images), np.diff(self.offsets))
 
+    def blocks(self, max_labels: int | None = None) -> Iterator[tuple[int, int]]:
+        """Consecutive image ranges ``[a, b)`` holding about ``max_labels`` labels each.
+
+        A range holds fewer than ``2 * max_labels`` labels unless one image alone has more.
+        Counting block by block keeps every temporary small at any dataset size.
+
+        Args:
+            max_labels: labels per block; :data:`BLOCK_LABELS` by default.
+        """
+        max_labels = max_labels or BLOCK_LABELS
+        total = int(self.offsets[-1])
+        cuts = np.searchsorted(self.offsets, np.arange(max_labels, total, max_labels),
+                               side="right") - 1
+        bounds = np.unique(np.concatenate(([0], cuts, [self.num_images])))
+        return zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+
+    def _block_pairs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct ``(image, class)`` pairs of images ``[start, stop)``, sorted."""
+        offsets = self.offsets[start:stop + 1]
+        local = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(offsets))
+        keys = np.sort(local * self.num_classes + self.labels[offsets[0]:offsets[-1]])
+        # np.sort + a neighbour mask: much faster than np.unique, same result.
+        if len(keys):
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+        return keys // self.num_classes + start, keys % self.num_classes
+
     def unique_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct (image, class) pairs, sorted by image then class.
 
         Returns:
-            ``(image_idx, class_idx)``, two ``int64`` arrays of equal length.
+            ``(image_idx int64[P], class_idx int[P])``, ``class_idx`` in :func:`label_dtype`.
         """
-        # np.sort + a neighbour mask: much faster than np.unique, same result.
-        keys = np.sort(self.image_index * self.num_classes + self.labels)
-        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
-        return keys // self.num_classes, keys % self.num_classes
+        parts = [self._block_pairs(a, b) for a, b in self.blocks()]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, label_dtype(self.num_classes))
+        return (np.concatenate([p[0] for p in parts]),
+                np.concatenate([p[1] for p in parts]).astype(label_dtype(self.num_classes)))
 
     def class_counts(self, draws: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Boxes and images per class, optionally with image ``i`` drawn ``draws[i]`` times.
 
         ``boxes_c = sum_i draws_i * n_ic`` and ``images_c = sum_i draws_i * [c in i]``; without
         ``draws`` (every image once) these are the plain ``int64`` counts, otherwise the
-        expected counts of an epoch of a re-sampler, ``float64``.
+        expected counts of an epoch of a re-sampler, ``float64``. Counted block by block
+        (:meth:`blocks`), so the extra memory stays small at any scale.
 
         Args:
             draws: ``[N]`` number (or expected number) of draws of each image.
@@ -101,14 +155,22 @@ class ImageLabels:
         Returns:
             ``(boxes[C], images[C])``.
         """
-        image_idx, class_idx = self.unique_pairs()
-        if draws is None:
-            return (np.bincount(self.labels, minlength=self.num_classes),
-                    np.bincount(class_idx, minlength=self.num_classes))
-        draws = np.asarray(draws, dtype=np.float64)
-        return (np.bincount(self.labels, weights=draws[self.image_index],
-                            minlength=self.num_classes),
-                np.bincount(class_idx, weights=draws[image_idx], minlength=self.num_classes))
+        weights = None if draws is None else np.asarray(draws, dtype=np.float64)
+        dtype = np.int64 if weights is None else np.float64
+        boxes = np.zeros(self.num_classes, dtype)
+        images = np.zeros(self.num_classes, dtype)
+        for a, b in self.blocks():
+            image_idx, class_idx = self._block_pairs(a, b)
+            block = self.labels[self.offsets[a]:self.offsets[b]]
+            if weights is None:
+                boxes += np.bincount(block, minlength=self.num_classes)
+                images += np.bincount(class_idx, minlength=self.num_classes)
+            else:
+                box_weights = np.repeat(weights[a:b], np.diff(self.offsets[a:b + 1]))
+                boxes += np.bincount(block, box_weights, minlength=self.num_classes)
+                images += np.bincount(class_idx, weights[image_idx],
+                                      minlength=self.num_classes)
+        return boxes, images
 
     def concat(self, other: ImageLabels) -> ImageLabels:
         """The labels of ``self`` followed by the images of ``other``."""
@@ -286,6 +348,18 @@ def dataset_classes(dataset: Any) -> tuple[str, ...]:
     return tuple(meta.get("classes", ()))
 
 
+def _reads_own_storage(dataset: Any) -> bool:
+    """Whether ``dataset`` is an mmengine ``BaseDataset`` read by mmengine's ``get_data_info``.
+
+    Such a dataset's records can be read straight from its storage (no deep copy, no
+    ``sample_idx``), and when serialised, its bytes are all there is to its labels.
+    """
+    from mmengine.dataset import BaseDataset
+
+    return isinstance(dataset, BaseDataset) and (
+        type(dataset).get_data_info is BaseDataset.get_data_info)
+
+
 def _instance_lists(dataset: Any) -> Iterator[list[dict[str, Any]]]:
     """Yield the ``instances`` of every image of an mmengine-style dataset, once each.
 
@@ -293,10 +367,7 @@ def _instance_lists(dataset: Any) -> Iterator[list[dict[str, Any]]]:
     one ``pickle.loads`` per record when serialised, no copy otherwise (``get_data_info``
     deep-copies). Any other dataset goes through its ``get_data_info``.
     """
-    from mmengine.dataset import BaseDataset
-
-    if isinstance(dataset, BaseDataset) and type(dataset).get_data_info is (
-            BaseDataset.get_data_info):
+    if _reads_own_storage(dataset):
         if dataset.serialize_data:
             ends = dataset.data_address.tolist()
             view = memoryview(dataset.data_bytes)
@@ -310,6 +381,43 @@ def _instance_lists(dataset: Any) -> Iterator[list[dict[str, Any]]]:
         return
     for idx in range(len(dataset)):
         yield dataset.get_data_info(idx).get("instances", [])
+
+
+#: ``array`` type codes of the label dtypes of :func:`label_dtype`.
+_ARRAY_CODES = {np.dtype(np.int16): "h", np.dtype(np.int32): "i", np.dtype(np.int64): "q"}
+
+
+def _read_labels(dataset: Any, num_classes: int,
+                 include_ignored: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, offsets)`` of a loaded dataset, record by record (see :func:`_instance_lists`).
+
+    Labels accumulate in a compact ``array`` (2 bytes each for up to 32768 classes): no list
+    of Python ints, and no copy at the end.
+    """
+    dtype = label_dtype(num_classes)
+    labels = array(_ARRAY_CODES[dtype])
+    offsets = np.empty(len(dataset) + 1, dtype=np.int64)
+    offsets[0] = 0
+    for i, instances in enumerate(_instance_lists(dataset)):
+        image = [inst["bbox_label"] for inst in instances
+                 if include_ignored or not inst.get("ignore_flag", 0)]
+        try:
+            labels.extend(image)
+        except OverflowError:
+            bad = next(x for x in image if not 0 <= x < num_classes)
+            raise ValueError(f"label {bad} (image {i}) is outside [0, "
+                             f"num_classes={num_classes})") from None
+        offsets[i + 1] = len(labels)
+    return np.frombuffer(labels, dtype=dtype) if len(labels) else np.zeros(0, dtype), offsets
+
+
+def _cache_key(dataset: Any, include_ignored: bool) -> str | None:
+    """The :mod:`mmimb.label_cache` key of a serialised mmengine dataset, else ``None``."""
+    if (label_cache.cache_dir() is None or not _reads_own_storage(dataset)
+            or not dataset.serialize_data or len(dataset) == 0):
+        return None
+    return label_cache.serialized_key(dataset.data_bytes, dataset.data_address,
+                                      include_ignored)
 
 
 def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
@@ -349,14 +457,13 @@ def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
         return image_labels_from_dataset(dataset.dataset, num_classes, include_ignored)
     if hasattr(dataset, "full_init"):
         dataset.full_init()
-    labels = array("q")
-    offsets = np.empty(len(dataset) + 1, dtype=np.int64)
-    offsets[0] = 0
-    for i, instances in enumerate(_instance_lists(dataset)):
-        labels.extend([inst["bbox_label"] for inst in instances
-                       if include_ignored or not inst.get("ignore_flag", 0)])
-        offsets[i + 1] = len(labels)
-    return ImageLabels(np.frombuffer(labels, dtype=np.int64).copy(), offsets, num_classes)
+    key = _cache_key(dataset, include_ignored)
+    cached = None if key is None else label_cache.load(key, len(dataset))
+    if cached is None:
+        cached = _read_labels(dataset, num_classes, include_ignored)
+        if key is not None:
+            label_cache.save(key, *cached)
+    return ImageLabels(cached[0], cached[1], num_classes)
 
 
 def load_coco(ann: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -526,11 +633,12 @@ def image_repeat_factors(image_labels: ImageLabels, class_factors: np.ndarray,
     out = np.ones(image_labels.num_images, dtype=np.float64)
     if reduce == "max":
         # Duplicated labels do not change a max, so no need for the distinct pairs here.
-        lengths = np.diff(image_labels.offsets)
-        nonempty = lengths > 0
-        if nonempty.any():
-            out[nonempty] = np.maximum.reduceat(factors[image_labels.labels],
-                                                image_labels.offsets[:-1][nonempty])
+        for a, b in image_labels.blocks():
+            offsets = image_labels.offsets[a:b + 1]
+            nonempty = np.flatnonzero(np.diff(offsets) > 0)
+            if len(nonempty):
+                block = factors[image_labels.labels[offsets[0]:offsets[-1]]]
+                out[a + nonempty] = np.maximum.reduceat(block, offsets[nonempty] - offsets[0])
         return out
     image_idx, class_idx = image_labels.unique_pairs()
     sums = np.bincount(image_idx, weights=factors[class_idx], minlength=len(out))

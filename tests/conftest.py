@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,10 @@ import pytest
 from mmimb.datasets.synthetic import SyntheticConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The label cache of mmimb.stats writes under ~/.cache by default: keep the tests (and the
+# training runs they start in subprocesses) in a folder of their own.
+os.environ["MMIMB_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmimb-test-cache-")
 
 #: A dataset small enough to train a detector on for a few iterations in seconds.
 TINY = SyntheticConfig(num_classes=4, max_instances=40, imbalance_ratio=10, val_per_class=6,

@@ -17,6 +17,8 @@ from mmimb.stats import (
     effective_number,
     frequency_groups,
     image_labels_from_coco,
+    image_repeat_factors,
+    label_dtype,
     validate_counts,
 )
 
@@ -121,3 +123,46 @@ def test_coco_with_unknown_ids_raises() -> None:
     ann["annotations"][0].update(category_id=3, image_id=2)
     with pytest.raises(ValueError, match="unknown image_id 2"):
         image_labels_from_coco(ann)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 1 << 16])
+def test_blockwise_counting_matches_loops(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting block by block gives the loops' answer whatever the block size."""
+    from mmimb import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "BLOCK_LABELS", block)
+    rng = np.random.default_rng(block)
+    per_image = random_labels(rng, 120, 9)
+    labels = ImageLabels.from_lists(per_image, 9)
+    draws = rng.uniform(0, 3, size=120)
+    boxes, images = labels.class_counts(draws)
+    pairs = list(zip(draws, per_image, strict=True))
+    for c in range(9):
+        assert boxes[c] == pytest.approx(sum(d * x.count(c) for d, x in pairs))
+        assert images[c] == pytest.approx(sum(d * (c in x) for d, x in pairs))
+    image_idx, class_idx = labels.unique_pairs()
+    expected = [(i, c) for i, x in enumerate(per_image) for c in sorted(set(x))]
+    assert list(zip(image_idx.tolist(), class_idx.tolist(), strict=True)) == expected
+    factors = rng.uniform(1, 5, size=9)
+    np.testing.assert_array_equal(
+        image_repeat_factors(labels, factors),
+        [max((factors[c] for c in x), default=1.0) for x in per_image])
+    np.testing.assert_allclose(
+        image_repeat_factors(labels, factors, reduce="mean"),
+        [np.mean([factors[c] for c in set(x)]) if x else 1.0 for x in per_image])
+
+
+@pytest.mark.parametrize(("num_classes", "dtype"), [
+    (1, np.int16), (32768, np.int16), (32769, np.int32), (2**31, np.int32),
+    (2**31 + 1, np.int64)])
+def test_label_dtype_is_the_smallest_that_holds_every_label(num_classes: int,
+                                                            dtype: type) -> None:
+    assert label_dtype(num_classes) == np.dtype(dtype)
+
+
+def test_labels_are_stored_compactly_and_non_integer_labels_raise() -> None:
+    labels = ImageLabels(np.array([3, 0, 1203 - 1]), np.array([0, 2, 3]), 1203)
+    assert labels.labels.dtype == np.int16 and labels.offsets.dtype == np.int64
+    assert labels.labels.tolist() == [3, 0, 1202]
+    with pytest.raises(TypeError, match="labels must be an integer array"):
+        ImageLabels(np.array([0.5]), np.array([0, 1]), 2)
