@@ -34,7 +34,7 @@ LVIS_COMMON_MAX = 100
 
 #: Labels per block of :meth:`ImageLabels.blocks`: bounds the temporaries of the counting
 #: passes (a few ``int64`` arrays of this length) whatever the size of the dataset.
-BLOCK_LABELS = 1 << 16
+BLOCK_LABELS = 1 << 14
 
 
 def label_dtype(num_classes: int) -> np.dtype[Any]:
@@ -223,7 +223,8 @@ class ClassStats:
             instance_counts=instance_counts,
             image_counts=image_counts,
             num_images=image_labels.num_images,
-            num_empty_images=int(np.count_nonzero(np.diff(image_labels.offsets) == 0)),
+            num_empty_images=int(np.count_nonzero(
+                image_labels.offsets[1:] == image_labels.offsets[:-1])),
             classes=tuple(classes),
         )
 
@@ -431,6 +432,11 @@ def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
     yields its slots, repeats included, which is what a sampler over it needs; a wrapper
     without ``get_data_info`` is read through its ``.dataset``. A dataset created with
     ``lazy_init=True`` is initialised here.
+
+    The labels of a serialised mmengine dataset (every mmdet dataset by default) are stored in
+    :mod:`mmimb.label_cache` under a hash of its records' bytes; later reads of the same
+    records, in this process or another (every rank, the next run), load them from there
+    instead of unpickling every record.
 
     Args:
         dataset: the dataset.
