@@ -361,6 +361,10 @@ def _reads_own_storage(dataset: Any) -> bool:
         type(dataset).get_data_info is BaseDataset.get_data_info)
 
 
+#: Record addresses converted to Python ints at a time by :func:`_instance_lists`.
+_ADDRESS_SLICE = 4096
+
+
 def _instance_lists(dataset: Any) -> Iterator[list[dict[str, Any]]]:
     """Yield the ``instances`` of every image of an mmengine-style dataset, once each.
 
@@ -370,12 +374,14 @@ def _instance_lists(dataset: Any) -> Iterator[list[dict[str, Any]]]:
     """
     if _reads_own_storage(dataset):
         if dataset.serialize_data:
-            ends = dataset.data_address.tolist()
             view = memoryview(dataset.data_bytes)
             start = 0
-            for end in ends:
-                yield pickle.loads(view[start:end]).get("instances", [])
-                start = end
+            # Record ends as Python ints, a slice at a time: all at once they would take
+            # 40 bytes per image (68 MB at Objects365 scale).
+            for first in range(0, len(dataset.data_address), _ADDRESS_SLICE):
+                for end in dataset.data_address[first:first + _ADDRESS_SLICE].tolist():
+                    yield pickle.loads(view[start:end]).get("instances", [])
+                    start = end
         else:
             for info in dataset.data_list:
                 yield info.get("instances", [])

@@ -140,3 +140,13 @@ def test_a_label_outside_the_classes_raises(label: int, cache: Path) -> None:
                        {"instances": [{"bbox_label": 1}, {"bbox_label": label}]}], 3)
     with pytest.raises(ValueError, match=rf"label {label}\b.*outside \[0, num_classes=3\)"):
         image_labels_from_dataset(dataset)
+
+
+@pytest.mark.parametrize("address_slice", [1, 4, 4096])
+def test_serialised_and_plain_storage_read_the_same(tiny_root: Path, address_slice: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records unpickled from the bytes, a few addresses at a time, equal the plain list."""
+    monkeypatch.setattr(stats, "_ADDRESS_SLICE", address_slice)
+    serialised = uncached(coco(tiny_root))
+    assert serialised.num_images > 4 * address_slice or address_slice == 4096
+    assert_same(serialised, uncached(coco(tiny_root, serialize_data=False)))
