@@ -54,7 +54,8 @@ def serialized_key(data_bytes: np.ndarray, data_address: np.ndarray,
         data_address: ``int64[N]`` end offset of every record in ``data_bytes``.
         include_ignored: whether boxes with ``ignore_flag`` are counted (changes the labels).
     """
-    digest = hashlib.sha1(f"mmimb-labels-v{FORMAT_VERSION}-{int(include_ignored)}".encode())
+    digest = hashlib.sha1(f"mmimb-labels-v{FORMAT_VERSION}-{int(include_ignored)}".encode(),
+                          usedforsecurity=False)  # a content key, not a signature
     digest.update(np.ascontiguousarray(data_address, dtype=np.int64).data)
     digest.update(np.ascontiguousarray(data_bytes).data)
     return f"{digest.hexdigest()}-{len(data_address)}"
