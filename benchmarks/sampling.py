@@ -11,8 +11,8 @@ Every variant reads the same dataset object, held as mmdet holds a loaded ``Coco
 records pickled one by one into mmengine's serialised storage (:class:`SerializedDetDataset`).
 mmengine reads ``get_cat_ids`` twice per image, unpickling the record each time;
 :mod:`mmimb.stats` unpickles each record once, and caches the labels it read under a hash of the
-records' bytes (:mod:`mmimb.label_cache`), so a later set-up on the same data (the other ranks'
-of a later run, the next experiment, a resumed run) hashes instead of unpickling.
+records' bytes (:mod:`mmimb.label_cache`), so a later set-up on the same data (every rank of a
+later run, the next experiment, a resumed run) hashes instead of unpickling.
 
 * ``mmengine ClassBalancedDataset``: ``ceil`` rounding, Python lists;
 * ``mmimb RepeatFactorDataset, first run``: ``full_init`` and the first epoch's table
