@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -215,4 +215,48 @@ def plot_ap_difference(baseline: LongTailResult, method: LongTailResult, path: s
     ax.set_title(f"{labels[1]} vs {labels[0]}: mAP "
                  f"{method.overall['mAP'] - baseline.overall['mAP']:+.3f}; {diffs}", fontsize=9)
     _group_legend(ax, {base[r["name"]]["group"] for r in rows}, "best")
+    return _save(fig, path)
+
+
+def plot_gain_vs_frequency(summary: dict[str, Any], path: str | Path) -> Path:
+    """Per-class AP gain of every method over the baseline against training frequency.
+
+    ``summary`` is a quality-benchmark table (:func:`mmimb.quality.tables.summarize`). Each
+    method is one colour; a point is the mean over seeds of the per-seed difference
+    ``AP(method) - AP(baseline)``, its error bar the range (min to max) of those differences
+    (no bar for one seed). Methods are offset slightly along x so that their bars do not overlap.
+
+    Returns:
+        ``path``.
+    """
+    classes = list(summary["classes"])
+    methods = [r for r in summary["rows"][1:] if r["delta"]]
+    fig = Figure(figsize=(8.0, 4.2), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    counts = np.array([max(c["train_count"], 0.5) for c in classes], dtype=np.float64)
+    offsets = np.linspace(-0.06, 0.06, len(methods)) if len(methods) > 1 else np.zeros(1)
+    colors = [f"C{i % 10}" for i in range(len(methods))]
+    for r, off, color in zip(methods, offsets, colors, strict=False):
+        stats = [r["delta"].get(f"AP/{c['name']}") for c in classes]
+        keep = [i for i, s in enumerate(stats) if s is not None]
+        x = counts[keep] * 10.0 ** off
+        mean = np.array([stats[i]["mean"] for i in keep])
+        lo = mean - np.array([stats[i]["min"] for i in keep])
+        hi = np.array([stats[i]["max"] for i in keep]) - mean
+        n = max(stats[i]["n"] for i in keep)
+        ax.errorbar(x, mean, yerr=np.vstack([lo, hi]) if n > 1 else None, fmt="o", ms=4,
+                    color=color, capsize=2, lw=1, label=f"{r['label']} ({n} seed{'s' * (n > 1)})")
+    ax.axhline(0, color="0.2", lw=0.8)
+    ax.set_xscale("log")
+    for c, x in zip(classes, counts, strict=True):
+        ax.annotate(c["name"], (x, 0), xytext=(0, -12), textcoords="offset points", fontsize=7,
+                    ha="center", color=GROUP_COLORS.get(c["group"], "0.3"), rotation=30)
+    base = summary["rows"][0]
+    ax.set_xlabel(f"training count of the class (log); baseline: {base['label']}")
+    ax.set_ylabel("AP(method) - AP(baseline)")
+    ax.set_title(f"{summary['title']}: per-class AP gain, mean over seeds, bars min-max",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
     return _save(fig, path)

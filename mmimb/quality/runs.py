@@ -1,0 +1,171 @@
+"""Training runs of the quality benchmark: one process at a time, resumable, never repeated.
+
+A run is one ``(table, row, seed)``. It trains through ``tools/train.py`` in its own work dir
+(``{work_root}/{table}/{row}/seed{seed}``) with ``randomness.seed`` set, and ends by writing its
+record to ``{results_dir}/{table}/{row}/seed{seed}.json``:
+
+- a run with a record is finished and is never trained again (delete the record to retrain);
+- a run without a record whose work dir holds a checkpoint was interrupted: it resumes from
+  that checkpoint (``--resume``), so a stopped matrix picks up where it stopped;
+- the record holds the long-tail report of the final evaluation, the settings, the budget, the
+  wall time of every process that trained the run (summed) and the machine.
+
+Records are small JSON files meant to be committed: the matrix then continues on another day or
+machine, and the tables are rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmimb.quality.matrix import Row, Table, load_row_config
+
+#: Version of the record format.
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a row of a table with one seed."""
+
+    table: str
+    row: Row
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """``table/row/seed{seed}``: the run's relative folder and record path."""
+        return f"{self.table}/{self.row.name}/seed{self.seed}"
+
+
+def record_path(results_dir: str | Path, run: Run) -> Path:
+    """Where the run's record is (or will be) written."""
+    return Path(results_dir) / f"{run.key}.json"
+
+
+def work_dir(work_root: str | Path, run: Run) -> Path:
+    """The run's own work dir (checkpoints, logs, reports)."""
+    return Path(work_root) / run.key
+
+
+def all_runs(tables: Sequence[Table]) -> list[Run]:
+    """Every run of the tables, seed by seed: first seed of every row, then the second ...
+
+    This order makes a partly run matrix useful early: one seed of every method comes first.
+    """
+    runs = [Run(t.name, row, seed) for t in tables for row in t.rows for seed in row.seeds]
+    rank = {id(r): i for i, r in enumerate(runs)}
+    return sorted(runs, key=lambda r: (r.row.seeds.index(r.seed), rank[id(r)]))
+
+
+def pending(tables: Sequence[Table], results_dir: str | Path) -> list[Run]:
+    """The runs without a record, in :func:`all_runs` order."""
+    return [r for r in all_runs(tables) if not record_path(results_dir, r).is_file()]
+
+
+def machine() -> str:
+    """A one-line description of this machine and its torch."""
+    import torch
+
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"CPU only, {os.cpu_count()} cores")
+    return f"{platform.machine()} {platform.system()}, {device}, torch {torch.__version__}"
+
+
+def train_command(config: str | Path, root: str | Path, wdir: str | Path,
+                  python: str = sys.executable) -> list[str]:
+    """The ``tools/train.py`` command of a run; ``--resume`` when its work dir has a checkpoint."""
+    cmd = [python, str(Path(root) / "tools" / "train.py"), str(config), "--work-dir", str(wdir)]
+    if (Path(wdir) / "last_checkpoint").is_file():
+        cmd.append("--resume")
+    return cmd
+
+
+def write_run_config(run: Run, root: str | Path, wdir: str | Path,
+                     extra: dict[str, Any] | None = None) -> Path:
+    """Write the config the run trains: the row's, with its settings and seed merged in.
+
+    The file (``{wdir}/config.py``, self-contained) records exactly what was trained.
+    """
+    cfg = load_row_config(run.row, root, {**(extra or {}), "randomness.seed": run.seed})
+    path = Path(wdir) / "config.py"
+    cfg.dump(str(path))
+    return path
+
+
+def _latest_report(wdir: Path) -> Path:
+    reports = sorted(wdir.glob("*/long_tail.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        raise RuntimeError(f"training in {wdir} finished without a long_tail.json report: is the "
+                           "val_evaluator a LongTailMetric, and does training end with validation?")
+    return reports[-1]
+
+
+def _resumed_at(wdir: Path) -> int | None:
+    """Iteration of the checkpoint a resumed process starts from (None: from scratch)."""
+    pointer = wdir / "last_checkpoint"
+    if not pointer.is_file():
+        return None
+    name = Path(pointer.read_text().strip()).stem  # iter_500 / epoch_3
+    digits = name.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else None
+
+
+def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str | Path,
+            budget: dict[str, Any], extra: dict[str, Any] | None = None,
+            python: str = sys.executable, log: Any = None) -> dict[str, Any]:
+    """Train (or resume) the run, then write and return its record.
+
+    Args:
+        run: the run.
+        root: repository root (``tools/train.py`` and the config paths are under it).
+        work_root: folder of the work dirs.
+        results_dir: folder of the records.
+        budget: the row's :func:`mmimb.quality.matrix.budget`, stored in the record.
+        extra: settings merged into every run's config after the row's own.
+        python: interpreter for ``tools/train.py``.
+        log: a text stream for the training output (default: inherited).
+
+    Raises:
+        subprocess.CalledProcessError: if training fails; the work dir is kept, so the next
+            call resumes from its last checkpoint.
+    """
+    wdir = work_dir(work_root, run)
+    wdir.mkdir(parents=True, exist_ok=True)
+    segments_file = wdir / "quality_segments.json"
+    segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
+    cmd = train_command(write_run_config(run, root, wdir, extra), root, wdir, python)
+    start_iter = _resumed_at(wdir) if "--resume" in cmd else None
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=root, stdout=log, stderr=log)
+    segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
+    segments_file.write_text(json.dumps(segments))
+    report = _latest_report(wdir)
+    record = {
+        "version": RECORD_VERSION,
+        "table": run.table, "row": run.row.name, "seed": run.seed,
+        "config": run.row.config,
+        "cfg_options": {**run.row.cfg_options, **(extra or {})},
+        "budget": budget,
+        "wall_s": sum(s["seconds"] for s in segments),
+        "segments": segments,
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "report": json.loads(report.read_text()),
+    }
+    out = record_path(results_dir, run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out)  # atomic: a record is complete or absent
+    return record

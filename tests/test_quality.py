@@ -1,0 +1,243 @@
+"""The quality benchmark: matrix checks, statistics over seeds, tables, a resumable smoke run."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmimb.quality import (
+    Row,
+    Run,
+    Table,
+    all_runs,
+    check_budgets,
+    load_matrix,
+    parse_matrix,
+    pending,
+    record_path,
+    summarize,
+    write_table,
+)
+from mmimb.quality.runs import train_command
+from mmimb.quality.tables import format_markdown, spread
+from tests.conftest import REPO
+from tests.test_train_e2e import write_config
+
+BASE = "configs/faster_rcnn/faster-rcnn_r18tiny_fpn_1k_ltsynth.py"
+RFS = "configs/faster_rcnn/rfs_faster-rcnn_r18tiny_fpn_1k_ltsynth.py"
+
+
+def matrix(*rows: dict[str, Any], name: str = "t") -> dict[str, Any]:
+    return {"table": [{"name": name, "row": list(rows)}]}
+
+
+def load_cli() -> Any:
+    spec = importlib.util.spec_from_file_location("quality_cli", REPO / "benchmarks/quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_matrix_parses_and_every_row_has_its_baselines_budget() -> None:
+    tables = load_matrix(REPO / "benchmarks/quality_matrix.toml", REPO)
+    budgets = check_budgets(tables, REPO)
+    for t in tables:
+        base = budgets[t.name, t.baseline.name]
+        assert base["iters"] and base["batch_size"] == 8
+        for row in t.rows[1:]:
+            assert row.budget_note or budgets[t.name, row.name] == base
+
+
+@pytest.mark.parametrize(("row", "error", "match"), [
+    ({"name": "b", "config": BASE, "seeds": [0], "sedes": [1]}, ValueError, "unknown keys"),
+    ({"name": "b", "config": "configs/nope.py", "seeds": [0]}, ValueError, "no config file"),
+    ({"name": "b", "config": BASE, "seeds": []}, ValueError, "seeds"),
+    ({"name": "b", "config": BASE, "seeds": [0, 0]}, ValueError, "distinct"),
+    ({"name": "b", "config": BASE, "seeds": [-1]}, ValueError, "seeds"),
+    ({"name": "b", "config": BASE, "seeds": [True]}, ValueError, "seeds"),
+    ({"name": "b/c", "config": BASE, "seeds": [0]}, ValueError, "name"),
+    ({"name": "b", "config": BASE, "seeds": [0], "cfg_options": 3}, TypeError, "cfg_options"),
+    ({"name": "b", "config": BASE, "seeds": [0], "budget_note": "x"}, ValueError, "baseline"),
+])
+def test_invalid_rows_are_refused_naming_the_key(row: dict[str, Any], error: type,
+                                                   match: str) -> None:
+    with pytest.raises(error, match=match):
+        parse_matrix(matrix(row), REPO)
+
+
+def test_duplicate_names_and_empty_matrices_are_refused() -> None:
+    row = {"name": "b", "config": BASE, "seeds": [0]}
+    with pytest.raises(ValueError, match="duplicate row names"):
+        parse_matrix(matrix(row, row), REPO)
+    with pytest.raises(ValueError, match="duplicate table names"):
+        parse_matrix({"table": matrix(row)["table"] * 2}, REPO)
+    with pytest.raises(ValueError, match="at least one"):
+        parse_matrix({}, REPO)
+    with pytest.raises(ValueError, match="baseline"):
+        parse_matrix({"table": [{"name": "t", "row": []}]}, REPO)
+
+
+def test_a_method_with_another_budget_is_refused_unless_it_says_so() -> None:
+    base = {"name": "base", "config": BASE, "seeds": [0]}
+    longer = {"name": "rfs", "config": RFS, "seeds": [0],
+              "cfg_options": {"train_cfg.max_iters": 2000}}
+    with pytest.raises(ValueError, match=r"iters: baseline 1000, row 2000.*budget_note"):
+        check_budgets(parse_matrix(matrix(base, longer), REPO), REPO)
+    noted = dict(longer, budget_note="2x the iterations")
+    budgets = check_budgets(parse_matrix(matrix(base, noted), REPO), REPO)
+    assert budgets["t", "rfs"]["iters"] == 2000 and budgets["t", "base"]["iters"] == 1000
+    other_eval = {"name": "rfs", "config": RFS, "seeds": [0],
+                  "cfg_options": {"val_evaluator.count_by": "instance"}}
+    with pytest.raises(ValueError, match="evaluator"):
+        check_budgets(parse_matrix(matrix(base, other_eval), REPO), REPO)
+
+
+def test_runs_are_ordered_seed_by_seed_and_records_mark_them_done(tmp_path: Path) -> None:
+    a = Row("a", BASE, (0, 1, 2))
+    b = Row("b", RFS, (5,))
+    c = Row("c", RFS, (0, 1))
+    tables = [Table("t1", "t1", (a, b)), Table("t2", "t2", (c,))]
+    order = [r.key for r in all_runs(tables)]
+    assert order == ["t1/a/seed0", "t1/b/seed5", "t2/c/seed0", "t1/a/seed1", "t2/c/seed1",
+                     "t1/a/seed2"]
+    done = record_path(tmp_path, Run("t1", a, 1))
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    assert "t1/a/seed1" not in [r.key for r in pending(tables, tmp_path)]
+    assert len(pending(tables, tmp_path)) == len(order) - 1
+
+
+def test_train_command_resumes_only_from_a_checkpoint(tmp_path: Path) -> None:
+    cmd = train_command("cfg.py", REPO, tmp_path)
+    assert "--resume" not in cmd and cmd[-2:] == ["--work-dir", str(tmp_path)]
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_2.pth"))
+    assert train_command("cfg.py", REPO, tmp_path)[-1] == "--resume"
+
+
+def fake_report(ap: dict[str, float], groups: dict[str, float]) -> dict[str, Any]:
+    counts = {"head": 100, "mid": 30, "tail": 5}
+    group_of = {"head": "frequent", "mid": "common", "tail": "rare"}
+    return {"overall": {"mAP": sum(ap.values()) / 3, "mAP_50": 0.9, "F1": 0.5},
+            "groups": {g: {"AP": v} for g, v in groups.items()},
+            "classes": [{"name": n, "group": group_of[n], "train_count": counts[n], "AP": ap[n]}
+                        for n in ("head", "mid", "tail")]}
+
+
+def write_fake(results: Path, table: Table, row: Row, seed: int, tail: float) -> None:
+    rec = {"report": fake_report({"head": 0.8, "mid": 0.6, "tail": tail},
+                                 {"rare": tail, "common": 0.6, "frequent": 0.8}),
+           "budget": {"iters": 100, "epochs": None, "batch_size": 8}, "wall_s": 120.0 + seed,
+           "machine": "test machine", "finished": f"2026-12-0{seed + 1}T00:00:00+00:00"}
+    path = record_path(results, Run(table.name, row, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+
+
+def test_table_statistics_match_hand_computed_values(tmp_path: Path) -> None:
+    base, method = Row("base", BASE, (0, 1, 2)), Row("m", RFS, (0, 1, 2), label="method m")
+    table = Table("t", "Test table", (base, method))
+    base_tail = {0: 0.30, 1: 0.20, 2: 0.25}
+    method_tail = {0: 0.40, 1: 0.22}  # seed 2 not run yet
+    for s, v in base_tail.items():
+        write_fake(tmp_path, table, base, s, v)
+    for s, v in method_tail.items():
+        write_fake(tmp_path, table, method, s, v)
+    from mmimb.quality import load_records
+    summary = summarize(table, load_records(table, tmp_path))
+    b, m = summary["rows"]
+    assert b["seeds"] == [0, 1, 2] and m["seeds"] == [0, 1] and m["planned_seeds"] == [0, 1, 2]
+    rare = b["metrics"]["AP_rare"]
+    assert rare["mean"] == pytest.approx(statistics.mean(base_tail.values()))
+    assert rare["sd"] == pytest.approx(statistics.stdev(base_tail.values()))
+    assert (rare["min"], rare["max"]) == (0.20, 0.30)
+    # Paired by seed: only seeds 0 and 1, differences +0.10 and +0.02.
+    d = m["delta"]["AP_rare"]
+    assert m["delta_seeds"] == [0, 1] and d["n"] == 2
+    assert d["mean"] == pytest.approx(0.06) and d["min"] == pytest.approx(0.02)
+    assert d["max"] == pytest.approx(0.10)
+    assert m["delta"]["AP/tail"]["mean"] == pytest.approx(0.06)
+    assert m["delta"]["AP_frequent"]["mean"] == pytest.approx(0.0)
+    assert spread([0.5])["sd"] is None
+
+    md = format_markdown(summary, "python benchmarks/quality.py")
+    assert "| method m | 2/3 | 100 it x 8 |" in md
+    assert "+0.060 [+0.020, +0.100]" in md
+    assert "0.250 ± 0.050" in md  # baseline rare AP: mean ± sd
+    assert "sd 0.050, range 0.100 over 3 seeds" in md
+    assert "| tail | rare | 5 |" in md
+
+    paths = write_table(table, tmp_path, tmp_path / "out", "cmd")
+    assert json.loads(paths["json"].read_text())["rows"][1]["delta"]["AP_rare"]["n"] == 2
+    with paths["csv"].open() as f:
+        lines = {(r["row"], r["metric"]): r for r in csv.DictReader(f)}
+    assert float(lines["m", "AP_rare"]["delta_mean"]) == pytest.approx(0.06)
+    assert float(lines["base", "AP_rare"]["sd"]) == pytest.approx(0.05)
+    assert paths["png"].stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_smoke_two_configs_two_seeds_resumes_an_interrupted_matrix(
+        tmp_path: Path, tiny_root: Path) -> None:
+    """2 configs x 2 seeds through ``benchmarks/quality.py``: a run interrupted after its first
+    checkpoint resumes from it, a stopped matrix continues, and finished runs never retrain."""
+    base_cfg = write_config(tmp_path, tiny_root, "retinanet/retinanet_r18tiny_fpn_2k_ltsynth.py",
+                            max_iters=4, val_interval=4, ckpt_interval=2)
+    rfs_cfg = tmp_path / "tiny_rfs.py"
+    rfs_cfg.write_text("_base_ = './tiny_cfg.py'\ntrain_dataloader = dict(sampler=dict("
+                       "_delete_=True, type='RepeatFactorSampler', oversample_thr=0.5))\n")
+    toml = tmp_path / "matrix.toml"
+    toml.write_text(f"""
+[[table]]
+name = "tiny"
+title = "tiny RetinaNet"
+[[table.row]]
+name = "baseline"
+config = "{base_cfg}"
+seeds = [0, 1]
+[[table.row]]
+name = "rfs"
+config = "{rfs_cfg}"
+seeds = [0, 1]
+""")
+    results, work, out = tmp_path / "records", tmp_path / "work", tmp_path / "tables"
+    args = ["--matrix", str(toml), "--results-dir", str(results), "--work-root", str(work),
+            "--out-dir", str(out)]
+    cli = load_cli()
+    # An interrupted run: baseline seed 1 trained to its first checkpoint (2 of 4 iterations).
+    tables = load_matrix(toml, REPO)
+    interrupted = Run("tiny", tables[0].rows[0], 1)
+    wdir = work / interrupted.key
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, str(REPO / "tools/train.py"), str(base_cfg), "--work-dir",
+                    str(wdir), "--cfg-options", "train_cfg.max_iters=2", "randomness.seed=1"],
+                   cwd=REPO, check=True, capture_output=True)
+    assert (wdir / "last_checkpoint").is_file()
+
+    assert cli.main([*args, "--max-runs", "2"]) == 0  # stopped after two runs
+    assert len(list(results.rglob("*.json"))) == 2
+    assert cli.main(args) == 0  # picks up the other two
+    records = {p.relative_to(results).as_posix(): json.loads(p.read_text())
+               for p in results.rglob("*.json")}
+    assert sorted(records) == ["tiny/baseline/seed0.json", "tiny/baseline/seed1.json",
+                               "tiny/rfs/seed0.json", "tiny/rfs/seed1.json"]
+    resumed = records["tiny/baseline/seed1.json"]
+    assert [s["resumed_from"] for s in resumed["segments"]] == [2]
+    assert records["tiny/rfs/seed0.json"]["segments"][0]["resumed_from"] is None
+    for rec in records.values():
+        assert rec["budget"]["iters"] == 4 and rec["report"]["groups"]["rare"]["AP"] >= 0
+    # Each run trained the config with its own seed.
+    assert "seed=1" in (work / "tiny/rfs/seed1/config.py").read_text().replace(" ", "")
+
+    mtimes = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
+    assert cli.main(args) == 0  # nothing pending: no run is repeated
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == mtimes
+    md = (out / "tiny.md").read_text()
+    assert "| rfs | 2/2 | 4 it x 2 |" in md and (out / "tiny_gain.png").is_file()
