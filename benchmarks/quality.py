@@ -13,12 +13,12 @@ Examples::
     python benchmarks/quality.py --tables ltsynth_frcnn    # run one table (in the background:
                                                            # nohup ... &; run again to resume)
     python benchmarks/quality.py --report-only             # rebuild the tables from the records
+    python benchmarks/quality.py --report-only --readme README.md   # and the README's block
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,6 +27,7 @@ from mmengine.config import DictAction
 
 from mmimb.quality import check_budgets, execute, load_matrix, pending, write_table
 from mmimb.quality.matrix import select
+from mmimb.quality.tables import update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-runs", type=int, help="stop after this many runs")
     parser.add_argument("--dry-run", action="store_true", help="list the pending runs and stop")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the tables")
+    parser.add_argument("--readme", help="also rewrite this README's block of quality tables")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="merged into every run's config (changes the budget of every row "
                              "alike; stored in the records)")
@@ -57,13 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tables = select(load_matrix(args.matrix, ROOT), args.tables)
-    command = "python benchmarks/quality.py " + shlex.join(
-        ["--tables", *args.tables] if args.tables else [])
-
     def report() -> None:
         for table in tables:
-            paths = write_table(table, args.results_dir, args.out_dir, command.strip())
+            paths = write_table(table, args.results_dir, args.out_dir,
+                                f"python benchmarks/quality.py --tables {table.name}")
             print(f"[quality] {table.name}: {paths['md']}", flush=True)
+        if args.readme:
+            update_readme(args.readme, tables, args.out_dir)
 
     if args.report_only:
         report()

@@ -12,6 +12,7 @@ Shape shorthand used below:
 from __future__ import annotations
 
 import json
+import numbers
 import pickle
 from array import array
 from collections.abc import Iterator, Sequence
@@ -552,24 +553,98 @@ def class_stats_from_coco(ann: str | Path | dict[str, Any]) -> ClassStats:
 IMAGE_REDUCTIONS: tuple[str, str] = ("max", "mean")
 
 
-def validate_repeat_factor_args(oversample_thr: float, power: float, by: str = "image",
+#: The ``oversample_thr`` spelling that lets the data set choose the threshold (the rule of
+#: :func:`mmimb.analysis.recommend_repeat_threshold`, applied by
+#: :func:`mmimb.samplers.resolve_oversample_thr`).
+AUTO_THRESHOLD = "auto"
+
+
+def _is_real(value: Any) -> bool:
+    """True for ``int``/``float`` and numpy numbers, False for ``bool`` and everything else."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def check_power(power: float) -> float:
+    """Return ``power`` as a ``float`` if it is a finite real number ``>= 0``.
+
+    Raises:
+        TypeError: if ``power`` is not a real number (``bool`` included).
+        ValueError: if it is negative or not finite.
+    """
+    if not _is_real(power):
+        raise TypeError(f"power must be a finite number >= 0, got {power!r} "
+                        f"({type(power).__name__})")
+    if not (np.isfinite(power) and power >= 0):
+        raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+    return float(power)
+
+
+def check_oversample_thr(oversample_thr: float | str, allow_auto: bool = True) -> float | str:
+    """Return ``oversample_thr`` if it is a frequency in ``(0, 1]`` (or ``'auto'``).
+
+    The threshold is a class frequency, a fraction of the images (or of the boxes): above 1
+    (indeed above the most frequent class's frequency) every class is over-sampled, which
+    defeats the purpose, so values above 1 are refused rather than silently accepted.
+
+    Args:
+        oversample_thr: the value to check.
+        allow_auto: accept :data:`AUTO_THRESHOLD` (``'auto'``).
+
+    Returns:
+        ``oversample_thr`` as a ``float``, or ``'auto'``.
+
+    Raises:
+        TypeError: if it is neither a real number nor a string (``None``, a list, a ``bool``).
+        ValueError: if it is a string other than ``'auto'`` (or ``'auto'`` where not allowed),
+            or a number outside ``(0, 1]`` or not finite.
+    """
+    choices = "a number in (0, 1] or 'auto'" if allow_auto else "a number in (0, 1]"
+    if isinstance(oversample_thr, str):
+        if oversample_thr == AUTO_THRESHOLD and allow_auto:
+            return oversample_thr
+        hint = ("; resolve 'auto' first with mmimb.samplers.resolve_oversample_thr"
+                if oversample_thr == AUTO_THRESHOLD else "")
+        raise ValueError(f"oversample_thr must be {choices}, got {oversample_thr!r}{hint}")
+    if not _is_real(oversample_thr):
+        raise TypeError(f"oversample_thr must be {choices}, got {oversample_thr!r} "
+                        f"({type(oversample_thr).__name__})")
+    if not (np.isfinite(oversample_thr) and oversample_thr > 0):
+        raise ValueError(f"oversample_thr must be {choices}, got {oversample_thr!r}")
+    if oversample_thr > 1:
+        raise ValueError(f"oversample_thr must be {choices}, got {oversample_thr!r}: it is a "
+                         "class frequency, a fraction of the images (or boxes), which cannot "
+                         "exceed 1; above the most frequent class's frequency every class is "
+                         "over-sampled")
+    return float(oversample_thr)
+
+
+def validate_repeat_factor_args(oversample_thr: float | str, power: float, by: str = "image",
                                 reduce: str = "max") -> None:
     """Check the arguments of :func:`class_repeat_factors` and :func:`image_repeat_factors`.
 
-    Called by the wrappers at construction, before any annotation is loaded.
+    Called by the samplers and wrappers at construction, before any annotation is loaded;
+    ``oversample_thr='auto'`` is accepted here (the samplers resolve it once the labels are
+    read), but only with ``by='image'`` and ``power > 0``, where the rule is defined.
 
     Raises:
-        ValueError: if ``oversample_thr <= 0``, ``power < 0``, either is not finite, or ``by``
-            or ``reduce`` is not one of the valid choices.
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside).
+        ValueError: if ``oversample_thr`` is outside ``(0, 1]``, ``power < 0``, either is not
+            finite, ``by`` or ``reduce`` is not one of the valid choices, or ``'auto'`` is
+            combined with ``by='instance'`` or ``power=0``.
     """
-    if not (np.isfinite(oversample_thr) and oversample_thr > 0):
-        raise ValueError(f"oversample_thr must be a finite number > 0, got {oversample_thr!r}")
-    if not (np.isfinite(power) and power >= 0):
-        raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+    check_oversample_thr(oversample_thr)
+    check_power(power)
     if by not in ("image", "instance"):
         raise ValueError(f"by must be 'image' or 'instance', got {by!r}")
     if reduce not in IMAGE_REDUCTIONS:
         raise ValueError(f"reduce must be one of {IMAGE_REDUCTIONS}, got {reduce!r}")
+    if oversample_thr == AUTO_THRESHOLD and by != "image":
+        raise ValueError(f"oversample_thr='auto' is defined on image frequencies (by='image'), "
+                         f"got by={by!r}: give oversample_thr as a number in (0, 1]")
+    if oversample_thr == AUTO_THRESHOLD and power == 0:
+        raise ValueError("oversample_thr='auto' needs power > 0 (it picks the threshold that "
+                         "repeats the rarest class up to 10 times, and power=0 repeats nothing):"
+                         " give power > 0, or drop the re-sampling")
 
 
 def class_frequencies(stats: ClassStats, by: str = "image") -> np.ndarray:
@@ -603,7 +678,8 @@ def class_repeat_factors(stats: ClassStats, oversample_thr: float, power: float 
 
     Args:
         stats: class counts of the training set.
-        oversample_thr: frequency threshold ``t > 0``.
+        oversample_thr: frequency threshold ``t`` in ``(0, 1]`` (a number: ``'auto'`` is
+            resolved by the samplers, :func:`mmimb.samplers.resolve_oversample_thr`).
         power: exponent ``p >= 0``; ``0`` disables re-sampling.
         by: ``'image'`` or ``'instance'``, see :func:`class_frequencies`.
 
@@ -611,8 +687,10 @@ def class_repeat_factors(stats: ClassStats, oversample_thr: float, power: float 
         ``float64[C]``, every value ``>= 1``.
 
     Raises:
+        TypeError: if ``oversample_thr`` or ``power`` is not a number.
         ValueError: on invalid arguments (naming the argument) or an empty dataset.
     """
+    check_oversample_thr(oversample_thr, allow_auto=False)
     validate_repeat_factor_args(oversample_thr, power, by)
     freq = class_frequencies(stats, by)
     ratio = np.divide(oversample_thr, freq, out=np.ones_like(freq), where=freq > 0)
@@ -679,8 +757,7 @@ def class_aware_weights(image_labels: ImageLabels, power: float, by: str = "imag
         ValueError: if ``power`` is negative or not finite, ``by``/``reduce`` are invalid,
             or there are no images.
     """
-    if not (np.isfinite(power) and power >= 0):
-        raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+    check_power(power)
     stats = ClassStats.from_image_labels(image_labels)
     # With t = 1 the clamp max(1, .) of the repeat factor is inactive (f_c <= 1).
     weights = image_repeat_factors(

@@ -25,7 +25,7 @@ from mmimb.quality import (
     write_table,
 )
 from mmimb.quality.runs import train_command
-from mmimb.quality.tables import format_markdown, spread
+from mmimb.quality.tables import README_BEGIN, README_END, format_markdown, spread, update_readme
 from tests.conftest import REPO
 from tests.test_train_e2e import write_config
 
@@ -181,6 +181,17 @@ def test_table_statistics_match_hand_computed_values(tmp_path: Path) -> None:
     assert float(lines["base", "AP_rare"]["sd"]) == pytest.approx(0.05)
     assert paths["png"].stat().st_size > 0
 
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    update_readme(readme, [table], tmp_path / "out")
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "#### Test table" in text and "+0.060 [+0.020, +0.100]" in text
+    assert "](out/t_gain.png)" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no block"):
+        update_readme(readme, [table], tmp_path / "out")
+
 
 @pytest.mark.slow
 def test_smoke_two_configs_two_seeds_resumes_an_interrupted_matrix(
@@ -220,6 +231,14 @@ seeds = [0, 1]
                     str(wdir), "--cfg-options", "train_cfg.max_iters=2", "randomness.seed=1"],
                    cwd=REPO, check=True, capture_output=True)
     assert (wdir / "last_checkpoint").is_file()
+    # A run stopped during its final validation: trained to the end, no report of the end.
+    stopped = Run("tiny", tables[0].rows[1], 0)
+    sdir = work / stopped.key
+    subprocess.run([sys.executable, str(REPO / "tools/train.py"), str(rfs_cfg), "--work-dir",
+                    str(sdir), "--cfg-options", "randomness.seed=0"],
+                   cwd=REPO, check=True, capture_output=True)
+    for report in sdir.glob("*/long_tail.json"):
+        report.unlink()
 
     assert cli.main([*args, "--max-runs", "2"]) == 0  # stopped after two runs
     assert len(list(results.rglob("*.json"))) == 2
@@ -230,7 +249,10 @@ seeds = [0, 1]
                                "tiny/rfs/seed0.json", "tiny/rfs/seed1.json"]
     resumed = records["tiny/baseline/seed1.json"]
     assert [s["resumed_from"] for s in resumed["segments"]] == [2]
-    assert records["tiny/rfs/seed0.json"]["segments"][0]["resumed_from"] is None
+    assert records["tiny/rfs/seed1.json"]["segments"][0]["resumed_from"] is None
+    # The stopped run resumed at its last iteration and its final checkpoint was evaluated.
+    assert records["tiny/rfs/seed0.json"]["segments"][0]["resumed_from"] == 4
+    assert len(list(sdir.glob("*/long_tail.json"))) == 1
     for rec in records.values():
         assert rec["budget"]["iters"] == 4 and rec["report"]["groups"]["rare"]["AP"] >= 0
     # Each run trained the config with its own seed.

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mmimb.samplers import round_factors
+from mmimb.samplers import resolve_oversample_thr, round_factors
 from mmimb.stats import (
+    AUTO_THRESHOLD,
     ClassStats,
     ImageLabels,
     class_aware_weights,
@@ -91,9 +92,13 @@ def resampling_effect(spec: dict[str, Any], image_labels: ImageLabels,
         image_labels: labels of the training images.
         stats: their counts (for under-sampling targets and class names).
 
+    ``oversample_thr='auto'`` is resolved by the samplers' own rule
+    (:func:`mmimb.samplers.resolve_oversample_thr`).
+
     Raises:
         ValueError: if ``type`` is not one of :data:`RESAMPLING_TYPES`, or an argument is
             invalid (the same checks as the sampler's).
+        TypeError: if a numeric argument is not a number.
     """
     kind = spec.get("type")
     if kind not in RESAMPLING_TYPES:
@@ -105,6 +110,15 @@ def resampling_effect(spec: dict[str, Any], image_labels: ImageLabels,
         raise ValueError(f"{kind} has no argument(s) {sorted(unknown)}; known: "
                          f"{sorted(_DEFAULTS[kind])}")
     args = {**_DEFAULTS[kind], **{k: v for k, v in spec.items() if k in _DEFAULTS[kind]}}
+    if isinstance(args.get("oversample_thr"), str) and args["oversample_thr"] == AUTO_THRESHOLD:
+        if kind == "ClassBalancedDataset":
+            raise ValueError("oversample_thr='auto' is understood by RepeatFactorSampler and "
+                             "RepeatFactorDataset; mmengine's ClassBalancedDataset needs a "
+                             "number in (0, 1]")
+        # The rule the sampler and the wrapper apply; the method shows the number it chose.
+        validate_repeat_factor_args(args["oversample_thr"], args["power"], args["by"],
+                                    args["reduce"])
+        args["oversample_thr"] = resolve_oversample_thr(AUTO_THRESHOLD, stats, args["power"])
     method = _describe(kind, args)
     n = image_labels.num_images
     if kind == "UndersampleSampler":

@@ -80,7 +80,11 @@ class RepeatFactorDataset:
 
     Args:
         dataset: the dataset to wrap, or its config. A ``ConcatDataset`` is fine.
-        oversample_thr: frequency threshold ``t > 0`` (``1e-3`` for LVIS).
+        oversample_thr: frequency threshold ``t`` in ``(0, 1]`` (``1e-3`` for LVIS), or
+            ``'auto'``: ``t`` chosen from the data set when it is loaded, by the rule of
+            ``mmimb-analyze --resample`` and :class:`~mmimb.samplers.RepeatFactorSampler`
+            (:func:`mmimb.samplers.resolve_oversample_thr`; needs ``by='image'`` and
+            ``power > 0``). Values above 1 are refused: a fraction cannot exceed 1.
         power: exponent ``p >= 0`` (``0.5`` in the paper).
         by: class frequency counted over ``'image'`` or ``'instance'``.
         reduce: image factor from its classes' factors, ``'max'`` or ``'mean'``.
@@ -93,13 +97,18 @@ class RepeatFactorDataset:
         dataset: the wrapped dataset.
         class_factors: ``float64[C]`` factor ``r_c`` of every class (after :meth:`full_init`).
         repeat_factors: ``float64[N]`` factor ``r_i`` of every image (after :meth:`full_init`).
+        threshold: the threshold ``t`` in use, the number that ``'auto'`` chose (after
+            :meth:`full_init`).
 
     Raises:
-        ValueError: if ``oversample_thr <= 0``, ``power < 0``, ``by``, ``reduce`` or
-            ``rounding`` is unknown (at construction), or the dataset is empty (when loaded).
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside), at
+            construction.
+        ValueError: if ``oversample_thr`` is outside ``(0, 1]`` or a string other than
+            ``'auto'``, ``power < 0``, ``by``, ``reduce`` or ``rounding`` is unknown (at
+            construction), or the dataset is empty (when loaded).
     """
 
-    def __init__(self, dataset: Any, oversample_thr: float = 1e-3, power: float = 0.5,
+    def __init__(self, dataset: Any, oversample_thr: float | str = 1e-3, power: float = 0.5,
                  by: str = "image", reduce: str = "max", rounding: str = "stochastic",
                  seed: int | None = None, lazy_init: bool = False) -> None:
         validate_repeat_factor_args(oversample_thr, power, by, reduce)
@@ -136,7 +145,7 @@ class RepeatFactorDataset:
             return
         if hasattr(self.dataset, "full_init"):
             self.dataset.full_init()
-        self.class_factors, self.repeat_factors = dataset_repeat_factors(
+        self.class_factors, self.repeat_factors, self.threshold = dataset_repeat_factors(
             self.dataset, self.oversample_thr, self.power, self.by, self.reduce)
         if self.rounding == "stochastic":
             self._length = int(np.floor(self.repeat_factors.sum() + 0.5))

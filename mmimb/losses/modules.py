@@ -231,9 +231,20 @@ class _ClassWeightedLoss(nn.Module):
     def _check_columns(self, pred: Tensor, allowed: tuple[int, ...]) -> None:
         if pred.dim() != 2:
             raise ValueError(f"pred must be Tensor[N, C], got shape {tuple(pred.shape)}")
-        if self.num_classes is not None and pred.shape[1] not in allowed:
-            raise ValueError(f"pred has {pred.shape[1]} columns but {type(self).__name__} has "
-                             f"num_classes={self.num_classes} (expected {allowed})")
+        if self.num_classes is None or pred.shape[1] in allowed:
+            return
+        name = type(self).__name__
+        message = (f"pred has {pred.shape[1]} columns (the head's classifier outputs) but {name} "
+                   f"has num_classes={self.num_classes} (expected {allowed})")
+        if self.use_sigmoid and pred.shape[1] == self.num_classes + 1:
+            # mmdet's dense heads size their classifier from loss_cls.get('use_sigmoid', False),
+            # the config dict, not from this module's default.
+            message += (": the head built a softmax classifier with a background column. "
+                        "mmdet's heads read use_sigmoid from the loss config, where it defaults "
+                        f"to False: write loss_cls=dict(type='{name}', use_sigmoid=True, ...)")
+        else:
+            message += ": the head's num_classes and the loss's num_classes differ"
+        raise ValueError(message)
 
     @staticmethod
     def _reduce(loss: Tensor, weight: Tensor | None, reduction: str,
@@ -271,6 +282,26 @@ def _sigmoid_forward(module: _ClassWeightedLoss, pred: Tensor, target: Tensor,
     return module.loss_weight * loss
 
 
+def _check_label_range(module: _ClassWeightedLoss, pred: Tensor, target: Tensor) -> None:
+    """Raise if an integer label does not index a column of ``pred`` (``[0, K)``).
+
+    One reduction (``aminmax``) and one device-to-host copy per call, on any device; wrong
+    shapes and dtypes are left to the functional core, which names them.
+    """
+    if (target.dim() != 1 or pred.dim() != 2 or target.numel() == 0
+            or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool):
+        return
+    low, high = torch.stack(torch.aminmax(target)).tolist()
+    columns = pred.shape[1]
+    if low < 0 or high >= columns:
+        background = (", the last one the background" if module.num_classes is not None
+                      and columns == module.num_classes + 1 else "")
+        raise ValueError(
+            f"target holds labels in [{low}, {high}], but {type(module).__name__} needs labels "
+            f"in [0, {columns}): one per row, indexing the {columns} columns of pred"
+            f"{background}")
+
+
 def _softmax_forward(module: _ClassWeightedLoss, pred: Tensor, target: Tensor,
                      weight: Tensor | None, avg_factor: float | None,
                      reduction_override: str | None, gamma: float) -> Tensor:
@@ -278,6 +309,7 @@ def _softmax_forward(module: _ClassWeightedLoss, pred: Tensor, target: Tensor,
     reduction = module._reduction(reduction_override)
     num_classes = module.num_classes
     module._check_columns(pred, (num_classes, num_classes + 1) if num_classes else ())
+    _check_label_range(module, pred, target)
     class_weight = module.class_weights()
     if class_weight is not None and pred.shape[1] == len(class_weight) + 1:
         # Background weight 1: the mean of class-balanced weights, which sum to C.

@@ -103,12 +103,40 @@ def write_run_config(run: Run, root: str | Path, wdir: str | Path,
     return path
 
 
-def _latest_report(wdir: Path) -> Path:
+def _latest_report(wdir: Path) -> Path | None:
     reports = sorted(wdir.glob("*/long_tail.json"), key=lambda p: p.stat().st_mtime)
-    if not reports:
+    return reports[-1] if reports else None
+
+
+def _final_checkpoint(wdir: Path) -> Path | None:
+    pointer = wdir / "last_checkpoint"
+    if not pointer.is_file():
+        return None
+    path = Path(pointer.read_text().strip())
+    return path if path.is_file() else None
+
+
+def final_report(config: Path, root: str | Path, wdir: Path, python: str = sys.executable,
+                 log: Any = None) -> Path:
+    """The long-tail report of the run's final checkpoint.
+
+    Training ends with a validation that writes it. A run stopped during that last validation
+    resumes with nothing left to train and no validation, so its newest report would be of an
+    earlier checkpoint: when the newest report is older than the last checkpoint, the checkpoint
+    is evaluated with ``tools/test.py`` (the test split of our configs is the val split).
+
+    Raises:
+        RuntimeError: if no report can be found or made.
+    """
+    report, ckpt = _latest_report(wdir), _final_checkpoint(wdir)
+    if ckpt is not None and (report is None or report.stat().st_mtime < ckpt.stat().st_mtime):
+        subprocess.run([python, str(Path(root) / "tools" / "test.py"), str(config), str(ckpt),
+                        "--work-dir", str(wdir)], check=True, cwd=root, stdout=log, stderr=log)
+        report = _latest_report(wdir)
+    if report is None:
         raise RuntimeError(f"training in {wdir} finished without a long_tail.json report: is the "
                            "val_evaluator a LongTailMetric, and does training end with validation?")
-    return reports[-1]
+    return report
 
 
 def _resumed_at(wdir: Path) -> int | None:
@@ -144,13 +172,14 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     wdir.mkdir(parents=True, exist_ok=True)
     segments_file = wdir / "quality_segments.json"
     segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
-    cmd = train_command(write_run_config(run, root, wdir, extra), root, wdir, python)
+    config = write_run_config(run, root, wdir, extra)
+    cmd = train_command(config, root, wdir, python)
     start_iter = _resumed_at(wdir) if "--resume" in cmd else None
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=root, stdout=log, stderr=log)
+    report = final_report(config, root, wdir, python, log)
     segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
     segments_file.write_text(json.dumps(segments))
-    report = _latest_report(wdir)
     record = {
         "version": RECORD_VERSION,
         "table": run.table, "row": run.row.name, "seed": run.seed,

@@ -203,3 +203,36 @@ def write_table(table: Table, results_dir: str | Path, out_dir: str | Path,
     if any(r["delta"] for r in summary["rows"]):
         paths["png"] = plot_gain_vs_frequency(summary, out / f"{table.name}_gain.png")
     return paths
+
+
+#: Markers of the README block that :func:`update_readme` rewrites.
+README_BEGIN = "<!-- quality-tables:begin (written by benchmarks/quality.py --readme) -->"
+README_END = "<!-- quality-tables:end -->"
+
+
+def update_readme(readme: str | Path, tables: Sequence[Table], out_dir: str | Path) -> Path:
+    """Replace the README's block between :data:`README_BEGIN` and :data:`README_END` with the
+    tables' Markdown files (and their gain plots), as written by :func:`write_table`.
+
+    Raises:
+        ValueError: if the README lacks the two markers, in that order.
+    """
+    readme, out = Path(readme), Path(out_dir)
+    text = readme.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no block {README_BEGIN!r} ... {README_END!r} to rewrite")
+    parts = []
+    for table in tables:
+        md = out / f"{table.name}.md"
+        if not md.is_file():
+            continue
+        body = md.read_text().replace("### ", "#### ", 1)
+        png = out / f"{table.name}_gain.png"
+        if png.is_file():
+            rel = Path(png).resolve().relative_to(readme.resolve().parent).as_posix()
+            body += f"\n![{table.name}: per-class AP gain]({rel})\n"
+        parts.append(body)
+    block = "\n".join([README_BEGIN, "", *parts, README_END])
+    readme.write_text(text[:start] + block + text[end + len(README_END):])
+    return readme

@@ -18,7 +18,11 @@ from mmimb.samplers._common import (
     systematic_counts,
 )
 from mmimb.samplers.class_aware import ClassAwarePowerSampler
-from mmimb.samplers.repeat_factor import RepeatFactorSampler, dataset_repeat_factors
+from mmimb.samplers.repeat_factor import (
+    RepeatFactorSampler,
+    dataset_repeat_factors,
+    resolve_oversample_thr,
+)
 from mmimb.samplers.undersample import UndersampleSampler
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "dataset_repeat_factors",
     "epoch_rng",
     "repeat_indices",
+    "resolve_oversample_thr",
     "round_factors",
     "shard",
     "systematic_counts",

@@ -14,12 +14,14 @@ Shape shorthand used below:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sized
 from typing import Any
 
 import numpy as np
 from mmengine.dist import get_dist_info, sync_random_seed
+from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import Sampler
 
 from mmimb.stats import ImageLabels, image_labels_from_dataset
@@ -59,6 +61,37 @@ def resolve_seed(seed: int | None) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"seed must be an int or None, got {seed!r}")
     return int(seed)
+
+
+def check_bool(value: bool, name: str) -> bool:
+    """Return ``value`` if it is a ``bool``.
+
+    Raises:
+        TypeError: otherwise, naming the argument.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def calling_epoch_loop() -> EpochBasedTrainLoop | None:
+    """The mmengine ``EpochBasedTrainLoop`` (or subclass) on the call stack, if any.
+
+    A sampler is built inside its loop's ``__init__`` (``BaseLoop`` builds the data loader from
+    its config) and iterated inside the loop's ``run_epoch``; the loop is never handed to the
+    sampler, so the stack is the one place where the sampler can see it.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if "self" in frame.f_code.co_varnames[:1]:
+                owner = frame.f_locals.get("self")
+                if isinstance(owner, EpochBasedTrainLoop):
+                    return owner
+            frame = frame.f_back
+        return None
+    finally:
+        del frame  # no reference cycle through the frames
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -187,15 +220,27 @@ class ResamplingSampler(Sampler[int]):
     data loader restarts) moves to another epoch and so redraws.
 
     With ``infinite=True`` the sampler never ends and goes through epochs ``e, e + 1, ...`` by
-    itself, like mmengine's ``InfiniteSampler``, for iteration-based training. Either way the
-    number of draws may change from epoch to epoch (stochastic rounding, under-sampling);
-    ``len()`` is that of the current epoch on this rank.
+    itself, like mmengine's ``InfiniteSampler``, for iteration-based training
+    (``IterBasedTrainLoop``). Either way the number of draws may change from epoch to epoch
+    (stochastic rounding, under-sampling); ``len()`` is that of the current epoch on this rank.
+
+    ``infinite=True`` under mmengine's ``EpochBasedTrainLoop`` would make the first epoch last
+    for ever (no validation, no checkpoint; the log shows ``Iter(train) [50/4]``), so it is
+    refused with a ``ValueError``: when the loop builds the sampler (the usual case, a config),
+    and otherwise when the loop first iterates it, before any training step. The loop is found
+    on the call stack (:func:`calling_epoch_loop`), as nothing hands it to the sampler.
 
     Args:
         dataset: the dataset to sample from.
         seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
         shuffle: shuffle each epoch; ``False`` yields the images in index order (for debugging).
-        infinite: iterate over consecutive epochs without end.
+        infinite: iterate over consecutive epochs without end (``IterBasedTrainLoop`` only).
+
+    Raises:
+        TypeError: if ``shuffle`` or ``infinite`` is not a bool.
+        ValueError: if ``infinite=True`` and an ``EpochBasedTrainLoop`` builds the sampler
+            (or, from :meth:`__iter__`, iterates it). Subclasses call this ``__init__`` before
+            they read any label, so that the refusal comes first.
     """
 
     def __init__(self, dataset: Sized, seed: int | None = None, shuffle: bool = True,
@@ -203,10 +248,25 @@ class ResamplingSampler(Sampler[int]):
         self.rank, self.world_size = get_dist_info()
         self.dataset = dataset
         self.seed = resolve_seed(seed)
-        self.shuffle = shuffle
-        self.infinite = infinite
+        self.shuffle = check_bool(shuffle, "shuffle")
+        self.infinite = check_bool(infinite, "infinite")
         self.epoch = 0
         self._cache: tuple[int, np.ndarray] | None = None
+        self._refuse_epoch_loop()
+
+    def _refuse_epoch_loop(self) -> None:
+        """Raise if this infinite sampler is built or iterated by an ``EpochBasedTrainLoop``."""
+        if not self.infinite:
+            return
+        loop = calling_epoch_loop()
+        if loop is not None:
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}(infinite=True) never ends an epoch, but it is driven by "
+                f"{type(loop).__name__}, whose first epoch would then never end (no validation, "
+                f"no checkpoint, an ETA of -1 day). infinite=True belongs with "
+                f"train_cfg=dict(type='IterBasedTrainLoop', ...); with "
+                f"{type(loop).__name__} use {name}(infinite=False), the default")
 
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
         """The epoch's multiset of dataset indices (``int[M]``, any order)."""
@@ -236,6 +296,7 @@ class ResamplingSampler(Sampler[int]):
         return shard(self.epoch_indices(epoch), self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[int]:
+        self._refuse_epoch_loop()  # a data loader built outside the loop: its first batch
         epoch = self.epoch
         while True:
             yield from self.rank_indices(epoch).tolist()

@@ -63,10 +63,10 @@ class ClassAwarePowerSampler(ResamplingSampler):
                  shuffle: bool = True, infinite: bool = False) -> None:
         if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
             raise ValueError(f"num_samples must be an int >= 1 or None, got {num_samples!r}")
+        super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
         labels = read_image_labels(dataset)
         self.weights = class_aware_weights(labels, power, by, reduce)
         self.num_samples = labels.num_images if num_samples is None else num_samples
-        super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
 
     @property
     def expected_counts(self) -> np.ndarray:

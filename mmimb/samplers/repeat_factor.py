@@ -25,6 +25,7 @@ from mmimb.samplers._common import (
     round_factors,
 )
 from mmimb.stats import (
+    AUTO_THRESHOLD,
     ClassStats,
     class_repeat_factors,
     image_repeat_factors,
@@ -32,30 +33,66 @@ from mmimb.stats import (
 )
 
 
-def dataset_repeat_factors(dataset: Any, oversample_thr: float, power: float = 0.5,
+def resolve_oversample_thr(oversample_thr: float | str, stats: ClassStats,
+                           power: float = 0.5) -> float:
+    """The threshold ``t`` to use: ``oversample_thr`` itself, or the one ``'auto'`` stands for.
+
+    ``'auto'`` applies the rule of ``mmimb-analyze --resample oversample_thr=auto``
+    (:func:`mmimb.analysis.recommend_repeat_threshold`, the one place where it is written):
+    ``t = f_min * r_max ** (1 / p)`` with ``r_max = 10``, so that the rarest class (image
+    frequency ``f_min``) is repeated ``r_max`` times, capped at ``f_max`` so that the most
+    frequent class is never repeated. With ``p = 0.5`` on LVIS v1 this is LVIS's ``1e-3``.
+
+    Args:
+        oversample_thr: a frequency in ``(0, 1]`` or ``'auto'``.
+        stats: class counts of the training set (image frequencies).
+        power: the sampler's exponent ``p`` (``> 0`` with ``'auto'``).
+
+    Returns:
+        ``t`` in ``(0, 1]``.
+
+    Raises:
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside).
+        ValueError: if ``oversample_thr`` is outside ``(0, 1]`` or another string, ``'auto'``
+            comes with ``power = 0``, or no class has an image.
+    """
+    validate_repeat_factor_args(oversample_thr, power)
+    if oversample_thr != AUTO_THRESHOLD:
+        return float(oversample_thr)
+    # Imported here: mmimb.analysis imports the samplers.
+    from mmimb.analysis.summary import DEFAULT_MAX_REPEAT, recommend_repeat_threshold
+
+    return recommend_repeat_threshold(stats, DEFAULT_MAX_REPEAT, power).value
+
+
+def dataset_repeat_factors(dataset: Any, oversample_thr: float | str, power: float = 0.5,
                            by: str = "image", reduce: str = "max"
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           ) -> tuple[np.ndarray, np.ndarray, float]:
     """Class and image repeat factors of a dataset, reading its labels once.
 
     Args:
         dataset: an mmdet/mmengine dataset (anything :func:`mmimb.stats.image_labels_from_dataset`
             reads, e.g. ``CocoDataset`` or a ``ConcatDataset``).
-        oversample_thr: frequency threshold ``t > 0``.
+        oversample_thr: frequency threshold ``t`` in ``(0, 1]``, or ``'auto'``
+            (:func:`resolve_oversample_thr`).
         power: exponent ``p >= 0``.
         by: class frequency over ``'image'`` or ``'instance'``.
         reduce: image factor from its classes', ``'max'`` or ``'mean'``.
 
     Returns:
-        ``(class_factors float64[C], image_factors float64[N])``.
+        ``(class_factors float64[C], image_factors float64[N], t)``, ``t`` the threshold used
+        (the number ``'auto'`` chose).
 
     Raises:
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside).
         ValueError: on invalid arguments, naming them, or an empty dataset.
     """
     validate_repeat_factor_args(oversample_thr, power, by, reduce)
     labels = read_image_labels(dataset)
-    class_factors = class_repeat_factors(ClassStats.from_image_labels(labels), oversample_thr,
-                                         power, by)
-    return class_factors, image_repeat_factors(labels, class_factors, reduce)
+    stats = ClassStats.from_image_labels(labels)
+    threshold = resolve_oversample_thr(oversample_thr, stats, power)
+    class_factors = class_repeat_factors(stats, threshold, power, by)
+    return class_factors, image_repeat_factors(labels, class_factors, reduce), threshold
 
 
 @DATA_SAMPLERS.register_module()
@@ -77,32 +114,42 @@ class RepeatFactorSampler(ResamplingSampler):
 
     Args:
         dataset: the training set.
-        oversample_thr: frequency threshold ``t``; classes in fewer than this fraction of the
-            images are over-sampled (LVIS uses ``1e-3``).
+        oversample_thr: frequency threshold ``t`` in ``(0, 1]``; classes in fewer than this
+            fraction of the images are over-sampled (LVIS uses ``1e-3``). ``'auto'`` picks
+            ``t`` from the data set by the rule of ``mmimb-analyze --resample``
+            (:func:`resolve_oversample_thr`: the rarest class repeated 10 times, capped so
+            that the most frequent class is not repeated); it needs ``by='image'`` and
+            ``power > 0``. Values above 1 are refused: a fraction cannot exceed 1.
         power: exponent ``p`` (``0.5`` in the paper).
         by: class frequency counted over ``'image'`` (the paper) or ``'instance'``.
         reduce: image factor from its classes' factors, ``'max'`` (the paper) or ``'mean'``.
         rounding: ``'stochastic'``, ``'ceil'``, ``'floor'`` or ``'round'``.
         seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
         shuffle: shuffle each epoch.
-        infinite: go through epochs without end (iteration-based training).
+        infinite: go through epochs without end; only for ``IterBasedTrainLoop`` (with
+            ``EpochBasedTrainLoop`` the first epoch would never end, so that combination is
+            refused, see :class:`~mmimb.samplers._common.ResamplingSampler`).
 
     Attributes:
         class_factors: ``float64[C]`` factor ``r_c`` of every class.
         repeat_factors: ``float64[N]`` factor ``r_i`` of every image.
+        threshold: the threshold ``t`` in use (the number that ``'auto'`` chose).
 
     Raises:
-        ValueError: if ``oversample_thr <= 0``, ``power < 0``, ``by``, ``reduce`` or
-            ``rounding`` is unknown, or the dataset is empty.
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside), or
+            ``shuffle``/``infinite`` is not a bool.
+        ValueError: if ``oversample_thr`` is outside ``(0, 1]`` or a string other than
+            ``'auto'``, ``power < 0``, ``by``, ``reduce`` or ``rounding`` is unknown, the
+            dataset is empty, or ``infinite=True`` is built by an ``EpochBasedTrainLoop``.
     """
 
-    def __init__(self, dataset: Sized, oversample_thr: float = 1e-3, power: float = 0.5,
+    def __init__(self, dataset: Sized, oversample_thr: float | str = 1e-3, power: float = 0.5,
                  by: str = "image", reduce: str = "max", rounding: str = "stochastic",
                  seed: int | None = None, shuffle: bool = True, infinite: bool = False) -> None:
         self.rounding = check_rounding(rounding)
-        self.class_factors, self.repeat_factors = dataset_repeat_factors(
-            dataset, oversample_thr, power, by, reduce)
         super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
+        self.class_factors, self.repeat_factors, self.threshold = dataset_repeat_factors(
+            dataset, oversample_thr, power, by, reduce)
 
     @property
     def expected_length(self) -> float:

@@ -114,6 +114,7 @@ class UndersampleSampler(ResamplingSampler):
     def __init__(self, dataset: Sized, sampling_strategy: Any = "auto",
                  background_ratio: float | None = None, background_count: int | None = None,
                  seed: int | None = None, shuffle: bool = True, infinite: bool = False) -> None:
+        super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
         labels = read_image_labels(dataset)
         classes = tuple(getattr(dataset, "metainfo", {}).get("classes", ()))
         self.stats = ClassStats.from_image_labels(
@@ -139,7 +140,6 @@ class UndersampleSampler(ResamplingSampler):
         self._reduced_classes = self._distinct.labels[order]
         starts = np.concatenate([[0], np.cumsum(self.stats.image_counts * reduced)[:-1]])
         self._pair_rank0 = starts[self._reduced_classes]
-        super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
 
     def _class_counts(self, images: np.ndarray) -> np.ndarray:
         """``int64[C]``: how many of ``images`` (distinct) contain each class."""

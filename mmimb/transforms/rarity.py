@@ -153,7 +153,8 @@ class RarityConditionedApply(BaseTransform):
     Raises:
         ValueError: naming the argument: no transforms, neither or both of ``dataset`` and
             ``class_stats``, a probability outside ``[0, 1]``, an unknown ``mapping`` or
-            ``by``, invalid thresholds.
+            ``by``, invalid thresholds; when called, a label outside the ``C`` classes of the
+            statistics.
     """
 
     def __init__(self, transforms: Sequence[dict[str, Any] | Callable[[dict], dict | None]],
@@ -204,11 +205,21 @@ class RarityConditionedApply(BaseTransform):
         return self._class_tables()[1]
 
     def image_prob(self, labels: np.ndarray) -> float:
-        """Probability of applying the transforms to an image with these (non-ignored) labels."""
+        """Probability of applying the transforms to an image with these (non-ignored) labels.
+
+        Raises:
+            ValueError: if a label is not a class of the training statistics (``[0, C)``).
+        """
         if len(labels) == 0:
             return self.empty_prob
         freq, probs = self._class_tables()
-        present = np.unique(labels)
+        present = np.unique(labels)  # sorted
+        if present[0] < 0 or present[-1] >= len(freq):
+            bad = present[(present < 0) | (present >= len(freq))].tolist()
+            raise ValueError(
+                f"RarityConditionedApply got label(s) {bad}, but its training statistics have "
+                f"{len(freq)} classes (labels in [0, {len(freq)})): the dataset or class_stats "
+                "it was given is not the one this pipeline loads")
         return float(probs[present[np.argmin(freq[present])]])
 
     @staticmethod
