@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the tables: {table}.md/.csv/.json and {table}_gain.png")
     parser.add_argument("--work-root", default=str(ROOT / "work_dirs/quality"),
                         help="one work dir per run (checkpoints, logs)")
+    parser.add_argument("--rows", nargs="+", help="only the runs of these rows (default: all)")
     parser.add_argument("--max-runs", type=int, help="stop after this many runs")
     parser.add_argument("--dry-run", action="store_true", help="list the pending runs and stop")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the tables")
@@ -72,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     budgets = check_budgets(tables, ROOT, args.cfg_options)  # refuses unequal budgets up front
     todo = pending(tables, args.results_dir)
+    if args.rows:
+        known = {row.name for t in tables for row in t.rows}
+        unknown = sorted(set(args.rows) - known)
+        if unknown:
+            raise ValueError(f"--rows: unknown rows {unknown}; the tables have {sorted(known)}")
+        todo = [r for r in todo if r.row.name in args.rows]
     print(f"[quality] {len(todo)} runs pending", flush=True)
     for i, run in enumerate(todo):
         print(f"[quality] {i + 1:3d}. {run.key}  ({run.row.config})", flush=True)

@@ -240,6 +240,8 @@ seeds = [0, 1]
     for report in sdir.glob("*/long_tail.json"):
         report.unlink()
 
+    with pytest.raises(ValueError, match="unknown rows"):
+        cli.main([*args, "--rows", "nope", "--dry-run"])
     assert cli.main([*args, "--max-runs", "2"]) == 0  # stopped after two runs
     assert len(list(results.rglob("*.json"))) == 2
     assert cli.main(args) == 0  # picks up the other two
