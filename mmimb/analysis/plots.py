@@ -221,45 +221,43 @@ def plot_ap_difference(baseline: LongTailResult, method: LongTailResult, path: s
 def plot_gain_vs_frequency(summary: dict[str, Any], path: str | Path) -> Path:
     """Per-class AP gain of every method over the baseline against training frequency.
 
-    ``summary`` is a quality-benchmark table (:func:`mmimb.quality.tables.summarize`). Each
-    method is one colour; a point is the mean over seeds of the per-seed difference
-    ``AP(method) - AP(baseline)``, its error bar the range (min to max) of those differences
-    (no bar for one seed). Methods are offset slightly along x so that their bars do not overlap.
+    ``summary`` is a quality-benchmark table (:func:`mmimb.quality.tables.summarize`). Classes
+    run along x from the rarest to the most frequent (their training counts in the labels), so
+    that close counts never overlap. Each method is one colour; a point is the mean over seeds of
+    the per-seed difference ``AP(method) - AP(baseline)``, its error bar the range (min to max)
+    of those differences (no bar for one seed); methods sit side by side within a class.
 
     Returns:
         ``path``.
     """
-    classes = list(summary["classes"])
+    classes = sorted(summary["classes"], key=lambda c: c["train_count"])
     methods = [r for r in summary["rows"][1:] if r["delta"]]
-    fig = Figure(figsize=(8.0, 4.2), dpi=_DPI)
+    fig = Figure(figsize=(10.0, 4.6), dpi=_DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    counts = np.array([max(c["train_count"], 0.5) for c in classes], dtype=np.float64)
-    offsets = np.linspace(-0.06, 0.06, len(methods)) if len(methods) > 1 else np.zeros(1)
-    colors = [f"C{i % 10}" for i in range(len(methods))]
-    for r, off, color in zip(methods, offsets, colors, strict=False):
+    pos = np.arange(len(classes), dtype=np.float64)
+    width = 0.7 / max(len(methods), 1)
+    for i, r in enumerate(methods):
         stats = [r["delta"].get(f"AP/{c['name']}") for c in classes]
-        keep = [i for i, s in enumerate(stats) if s is not None]
-        x = counts[keep] * 10.0 ** off
-        mean = np.array([stats[i]["mean"] for i in keep])
-        lo = mean - np.array([stats[i]["min"] for i in keep])
-        hi = np.array([stats[i]["max"] for i in keep]) - mean
-        n = max(stats[i]["n"] for i in keep)
+        keep = [j for j, s in enumerate(stats) if s is not None]
+        mean = np.array([stats[j]["mean"] for j in keep])
+        lo = mean - np.array([stats[j]["min"] for j in keep])
+        hi = np.array([stats[j]["max"] for j in keep]) - mean
+        n = max(stats[j]["n"] for j in keep)
+        x = pos[keep] + (i - (len(methods) - 1) / 2) * width
         ax.errorbar(x, mean, yerr=np.vstack([lo, hi]) if n > 1 else None, fmt="o", ms=4,
-                    color=color, capsize=2, lw=1, label=f"{r['label']} ({n} seed{'s' * (n > 1)})")
+                    color=f"C{i % 10}", capsize=2, lw=1,
+                    label=f"{r['label']} ({n} seed{'s' * (n > 1)})")
     ax.axhline(0, color="0.2", lw=0.8)
-    ax.set_xscale("log")
-    # Classes label the x axis at their training counts, coloured by group.
-    ax.set_xticks(counts, [f"{c['name']} ({c['train_count']})" for c in classes], rotation=40,
+    ax.set_xticks(pos, [f"{c['name']} ({c['train_count']})" for c in classes], rotation=35,
                   ha="right", fontsize=7)
-    ax.minorticks_off()
     for tick, c in zip(ax.get_xticklabels(), classes, strict=True):
         tick.set_color(GROUP_COLORS.get(c["group"], "0.3"))
     base = summary["rows"][0]
-    ax.set_xlabel(f"class (training count, log scale); baseline: {base['label']}", fontsize=8)
-    ax.set_ylabel("AP(method) - AP(baseline)")
-    ax.set_title(f"{summary['title']}: per-class AP gain, mean over seeds, bars min-max",
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel("class (training count), rarest first; colour: frequency group", fontsize=8)
+    ax.set_ylabel(f"AP(method) - AP({base['label']})", fontsize=8)
+    ax.set_title(f"{summary['table']}: per-class AP gain over the baseline, mean over seeds, "
+                 "bars min-max", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)
