@@ -216,3 +216,22 @@ def test_category_info_bad_input(tmp_path: Path) -> None:
         load_train_source(write(tmp_path, cats), num_images=20)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_train_source(tmp_path / "nope.json")
+
+
+def test_conversion_without_instances_names_the_missing_meta_key() -> None:
+    """ann_file=None converts the ground truth from 'instances'; without them the first batch
+    fails naming the fix, not mmdet's bare assertion after the whole inference."""
+    metric = LongTailMetric(ann_file=None, class_counts=[3, 2, 1])
+    metric.dataset_meta = {"classes": ("a", "b", "c")}
+    sample = {"img_id": 0, "ori_shape": (10, 10),
+              "pred_instances": {"bboxes": np.zeros((0, 4)), "scores": np.zeros(0),
+                                 "labels": np.zeros(0, dtype=int)}}
+    with pytest.raises(ValueError, match="'instances' to the test pipeline's PackDetInputs"):
+        metric.process({}, [sample])
+    sample["instances"] = [{"bbox": [1, 1, 5, 5], "bbox_label": 0, "ignore_flag": 0}]
+    sample["width"], sample["height"] = 10, 10
+    import torch
+    sample["pred_instances"] = {"bboxes": torch.zeros((0, 4)), "scores": torch.zeros(0),
+                                "labels": torch.zeros(0, dtype=torch.long)}
+    metric.process({}, [sample])  # with instances the sample is taken
+    assert len(metric.results) == 1

@@ -1,15 +1,17 @@
 """Per-class precision, recall and F1, and a confusion matrix with background, at IoU 0.5.
 
-Both follow COCOeval's matching rule, so that they agree with its AP:
+Both follow COCOeval's matching rule, so that they agree with its AP, and both come from one
+matching of the boxes (:func:`match_within_class`), whichever COCOeval implementation computed
+the AP (faster-coco-eval keeps no per-image matches to read):
 
-* **Precision / recall / F1** are read from the ``evalImgs`` of the same ``COCOeval`` pass that
-  gives the AP (area ``all``, at most ``maxDets[-1]`` detections per image and class, IoU
-  threshold 0.5). A detection is a true positive when COCOeval matched it to a ground-truth box
-  at IoU >= 0.5, a false positive when it matched nothing; detections matched to crowd boxes are
-  ignored, as COCOeval ignores them. At a score threshold ``s``, over the detections with
-  ``score >= s``: ``P = TP / (TP + FP)``, ``R = TP / G`` (``G`` non-crowd ground-truth boxes) and
-  ``F1 = 2 TP / (TP + FP + G)``. The *best-F1 threshold* of a class is the detection score at
-  which its F1 is largest (ties: the highest such score).
+* **Precision / recall / F1** use COCOeval's matches at IoU 0.5 and area ``all``, with at most
+  ``maxDets[-1]`` detections per image and class: what pycocotools stores in ``evalImgs``
+  (``tests/test_eval_backends.py`` compares the two). A detection is a true positive when it
+  matched a ground-truth box at IoU >= 0.5, a false positive when it matched nothing;
+  detections matched to crowd boxes are ignored, as COCOeval ignores them. At a score threshold
+  ``s``, over the detections with ``score >= s``: ``P = TP / (TP + FP)``, ``R = TP / G`` (``G``
+  non-crowd ground-truth boxes) and ``F1 = 2 TP / (TP + FP + G)``. The *best-F1 threshold* of a
+  class is the detection score at which its F1 is largest (ties: the highest such score).
 * The **confusion matrix** ``M[K + 1, K + 1]`` (rows: ground-truth class, columns: predicted
   class, index ``K`` = background) counts, per image, the detections with ``score >= s``:
 
@@ -23,22 +25,23 @@ Both follow COCOeval's matching rule, so that they agree with its AP:
 
   Hence row ``c`` sums to ``G_c`` and column ``c`` to ``TP_c + FP_c``. Crowd boxes are in no row;
   a detection that step 1 would give to a crowd box of its class is dropped, like COCOeval's
-  ignored detections. The matching is vectorised over all images: IoUs are computed for every
-  (detection, ground truth) pair of the same image in one numpy expression (the IoU of
-  ``pycocotools.mask.iou``, crowd boxes by the detection's area), and the greedy loop runs
-  over detection ranks (at most ``maxDets`` iterations), not over images.
+  ignored detections. Step 1 runs once, on all detections: a score threshold keeps the first
+  detections of every (image, class), whose matches do not depend on the ones after them. The
+  matching is vectorised over all images: IoUs are computed for every (detection, ground truth)
+  pair of the same image in one numpy expression (the IoU of ``pycocotools.mask.iou``, crowd
+  boxes by the detection's area), and the greedy loop runs over detection ranks (at most
+  ``maxDets`` iterations), not over images.
 
 Shape shorthand: K classes, D detections, G ground-truth boxes, P (detection, box) pairs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
-from pycocotools.cocoeval import COCOeval
 
 #: IoU threshold of precision, recall, F1 and the confusion matrix.
 PR_IOU = 0.5
@@ -147,62 +150,14 @@ def precision_recall(det_class: np.ndarray, det_score: np.ndarray, det_tp: np.nd
                    best["r"], float(score_thr))
 
 
-def _iou_index(coco_eval: COCOeval) -> int:
-    thrs = np.asarray(coco_eval.params.iouThrs)
-    hits = np.flatnonzero(np.isclose(thrs, PR_IOU))
-    if not hits.size:
-        raise ValueError(f"COCOeval's iouThrs {thrs.tolist()} do not include {PR_IOU}, the IoU "
-                         "of precision / recall / F1")
-    return int(hits[0])
-
-
-def eval_columns(coco_eval: COCOeval, cat_ids: list[int]) -> list[int]:
+def eval_columns(coco_eval: Any, cat_ids: Sequence[int]) -> list[int]:
     """Position of each of ``cat_ids`` in COCOeval's (sorted) category axis.
 
-    ``COCOeval.evaluate`` sorts ``params.catIds``; the precision array and ``evalImgs`` follow
-    that order, not the order in which the categories were given.
+    ``COCOeval.evaluate`` (of either backend) sorts ``params.catIds``; the precision and recall
+    arrays follow that order, not the order in which the categories were given.
     """
     position = {int(c): i for i, c in enumerate(coco_eval.params.catIds)}
     return [position[int(c)] for c in cat_ids]
-
-
-def matched_detections(coco_eval: COCOeval, cat_ids: list[int]
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The matches of an evaluated ``COCOeval`` at IoU 0.5, area ``all``, per class.
-
-    Args:
-        coco_eval: after ``evaluate()``.
-        cat_ids: ``[K]`` category ids in label order.
-
-    Returns:
-        ``(det_class int64[D], det_score float64[D], det_tp bool[D], num_gt int64[K])`` over the
-        non-ignored detections (at most ``maxDets[-1]`` per image and class).
-    """
-    p = coco_eval.params
-    t = _iou_index(coco_eval)
-    num_img, num_area = len(p.imgIds), len(p.areaRng)
-    area = list(p.areaRngLbl).index("all")
-    classes, scores, hits, ignored = [], [], [], []
-    num_gt = np.zeros(len(cat_ids), dtype=np.int64)
-    for k, col in enumerate(eval_columns(coco_eval, cat_ids)):
-        base = (col * num_area + area) * num_img
-        entries = [e for e in coco_eval.evalImgs[base:base + num_img] if e is not None]
-        if not entries:
-            continue
-        gt_ignore = np.concatenate([e["gtIgnore"] for e in entries])
-        num_gt[k] = len(gt_ignore) - int(np.count_nonzero(gt_ignore))
-        scores += [e["dtScores"] for e in entries]
-        hits += [e["dtMatches"][t] for e in entries]
-        ignored += [e["dtIgnore"][t] for e in entries]
-        classes.append(np.full(sum(len(e["dtScores"]) for e in entries), k, dtype=np.int64))
-    if not classes:
-        empty = np.zeros(0)
-        return empty.astype(np.int64), empty, empty.astype(bool), num_gt
-    keep = ~np.concatenate(ignored).astype(bool)
-    det_class = np.concatenate(classes)[keep]
-    det_score = np.fromiter(chain.from_iterable(scores), dtype=np.float64)[keep]
-    det_tp = np.concatenate(hits)[keep] > 0
-    return det_class, det_score, det_tp, num_gt
 
 
 @dataclass(frozen=True)
@@ -331,61 +286,112 @@ def greedy_match(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou_: np.ndarra
     return match
 
 
-def confusion_matrix(gts: BoxSet, dets: BoxSet, num_classes: int,
-                     score_thr: float = DEFAULT_SCORE_THR, iou_thr: float = PR_IOU,
-                     max_dets: int = 100, area_range: tuple[float, float] = (0.0, 1e10)
-                     ) -> np.ndarray:
-    """Confusion matrix with background (rule in the module docstring).
+@dataclass(frozen=True)
+class ClassMatches:
+    """Step 1 of the module docstring: COCOeval's matching within each class, at one IoU.
+
+    Attributes:
+        gts: the ground-truth boxes.
+        dets: the detections COCOeval considers, the ``max_dets`` highest-scoring of every
+            (image, class), in input order.
+        match: ``int64[D]`` the box (index into ``gts``) each detection matched, or -1.
+        ignored: ``bool[D]`` unmatched detections that COCOeval ignores: on an ignored box of
+            their class (crowd, or area outside the range), or themselves outside the range.
+        pair_det: ``int64[P]`` detection of every same-image pair with IoU >= the threshold,
+            any class.
+        pair_gt: ``int64[P]`` its ground-truth box.
+        pair_iou: ``float64[P]`` their IoU.
+    """
+
+    gts: BoxSet
+    dets: BoxSet
+    match: np.ndarray
+    ignored: np.ndarray
+    pair_det: np.ndarray
+    pair_gt: np.ndarray
+    pair_iou: np.ndarray
+
+    def pr_inputs(self, num_classes: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The arguments of :func:`precision_recall` (without the threshold).
+
+        Returns:
+            ``(det_class int64[D'], det_score float64[D'], det_tp bool[D'], num_gt int64[K])``
+            over the detections that are not ignored.
+        """
+        keep = ~self.ignored
+        num_gt = np.bincount(self.gts.label[~self.gts.ignore], minlength=num_classes)
+        return self.dets.label[keep], self.dets.score[keep], self.match[keep] >= 0, num_gt
+
+
+def match_within_class(gts: BoxSet, dets: BoxSet, iou_thr: float = PR_IOU,
+                       max_dets: int = 100, area_range: tuple[float, float] = (0.0, 1e10)
+                       ) -> ClassMatches:
+    """COCOeval's matching of the detections to the boxes of their class (step 1).
 
     Args:
         gts: ground-truth boxes (``ignore`` marks crowd / out-of-range boxes).
         dets: detections, in the order COCOeval received them (ties in score keep it).
-        num_classes: ``K``.
-        score_thr: detections with ``score >= score_thr`` are counted.
         iou_thr: the IoU a match needs.
         max_dets: COCOeval's ``maxDets[-1]``: only the top detections of each (image, class).
         area_range: COCOeval's area range ``all``; an unmatched detection outside it is ignored.
 
     Returns:
-        ``int64[K + 1, K + 1]``: rows ground truth, columns prediction, last index background.
+        The :class:`ClassMatches`.
     """
     rank = _group_rank((dets.image, dets.label), dets.score)
-    dets = dets.take(np.flatnonzero((dets.score >= score_thr) & (rank < max_dets)))
-    rank = _group_rank((dets.image, dets.label), dets.score)
+    top = np.flatnonzero(rank < max_dets)
+    dets, rank = dets.take(top), rank[top]
     pair_det, pair_gt = _same_image_pairs(dets, gts)
-    crowd = gts.crowd[pair_gt]
-    iou = pair_iou(dets.box[pair_det], gts.box[pair_gt], crowd)
+    iou = pair_iou(dets.box[pair_det], gts.box[pair_gt], gts.crowd[pair_gt])
     close = iou >= iou_thr
+    pair_det, pair_gt, iou = pair_det[close], pair_gt[close], iou[close]
     same = dets.label[pair_det] == gts.label[pair_gt]
-    ignored = gts.ignore[pair_gt]
-
-    # 1. Same class, COCOeval's greedy rule; then detections on an ignored box of their class.
-    cand = close & same & ~ignored
+    on_ignored_box = gts.ignore[pair_gt]
+    cand = same & ~on_ignored_box
     match = greedy_match(pair_det[cand], pair_gt[cand], iou[cand], rank, len(dets), len(gts))
     on_ignored = np.zeros(len(dets), dtype=bool)
-    on_ignored[pair_det[close & same & ignored]] = True
+    on_ignored[pair_det[same & on_ignored_box]] = True
     det_area = dets.box[:, 2] * dets.box[:, 3]
     outside = (det_area < area_range[0]) | (det_area > area_range[1])
-    dropped = (match < 0) & (on_ignored | outside)
+    ignored = (match < 0) & (on_ignored | outside)
+    return ClassMatches(gts, dets, match, ignored, pair_det, pair_gt, iou)
 
-    # 2. Left-over detections against left-over boxes of any class, by score within the image.
+
+def confusion_matrix(matches: ClassMatches, num_classes: int,
+                     score_thr: float = DEFAULT_SCORE_THR) -> np.ndarray:
+    """Confusion matrix with background (rule in the module docstring).
+
+    Args:
+        matches: step 1, :func:`match_within_class` of all detections.
+        num_classes: ``K``.
+        score_thr: detections with ``score >= score_thr`` are counted.
+
+    Returns:
+        ``int64[K + 1, K + 1]``: rows ground truth, columns prediction, last index background.
+    """
+    gts, dets = matches.gts, matches.dets
+    above = dets.score >= score_thr
+    match = np.where(above, matches.match, -1)
     gt_taken = np.zeros(len(gts), dtype=bool)
     gt_taken[match[match >= 0]] = True
-    left = (match < 0) & ~dropped
-    cand = close & ~ignored & left[pair_det] & ~gt_taken[pair_gt]
+
+    # 2. Left-over detections against left-over boxes of any class, by score within the image.
+    left = above & (match < 0) & ~matches.ignored
+    pd, pg, iou = matches.pair_det, matches.pair_gt, matches.pair_iou
+    cand = ~gts.ignore[pg] & left[pd] & ~gt_taken[pg]
     image_rank = _group_rank((dets.image,), np.where(left, dets.score, -np.inf))
-    cross = greedy_match(pair_det[cand], pair_gt[cand], iou[cand], image_rank, len(dets),
-                         len(gts))
+    cross = greedy_match(pd[cand], pg[cand], iou[cand], image_rank, len(dets), len(gts))
     match = np.where(match >= 0, match, cross)
     gt_taken[cross[cross >= 0]] = True
 
     # 3. Fill the matrix: matches, misses (column K), false alarms (row K).
     k = num_classes
     matched = match >= 0
-    rows = np.concatenate([gts.label[match[matched]],
-                           gts.label[~gt_taken & ~gts.ignore],
-                           np.full(np.count_nonzero(~matched & ~dropped), k)])
-    cols = np.concatenate([dets.label[matched],
-                           np.full(np.count_nonzero(~gt_taken & ~gts.ignore), k),
-                           dets.label[~matched & ~dropped]])
+    false_alarm = above & ~matched & ~matches.ignored
+    missed = ~gt_taken & ~gts.ignore
+    rows = np.concatenate([gts.label[match[matched]], gts.label[missed],
+                           np.full(np.count_nonzero(false_alarm), k)])
+    cols = np.concatenate([dets.label[matched], np.full(np.count_nonzero(missed), k),
+                           dets.label[false_alarm]])
     return np.bincount(rows * (k + 1) + cols, minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
