@@ -19,7 +19,14 @@ from torch import nn
 
 import mmimb  # noqa: F401  (registers the hook and the losses)
 from mmimb.hooks import ClassStatsHook
-from mmimb.losses import ClassBalancedCrossEntropyLoss, ClassBalancedFocalLoss, SoftmaxFocalLoss
+from mmimb.losses import (
+    BalancedSoftmaxLoss,
+    ClassBalancedCrossEntropyLoss,
+    ClassBalancedFocalLoss,
+    FederatedLoss,
+    PostHocLogitAdjustedLoss,
+    SoftmaxFocalLoss,
+)
 
 CLASSES = ("cat", "dog", "eel")
 # Boxes per image, as category ids (1-based, COCO style); image 3 has none, eel has none.
@@ -207,3 +214,70 @@ def test_runner_fills_counts_before_training_and_checkpoints_restore_them(
     bare = make_runner(tmp_path, "bare", max_iters=1, with_hook=False)
     with pytest.raises(ValueError, match="ClassStatsHook"):
         bare.train()
+
+
+# -- what a loss asks for (counts_by), and test time (before_test) ------------------------------
+
+
+def test_a_loss_asking_for_image_counts_gets_them_whatever_by_is(
+        coco_dataset: CocoDataset) -> None:
+    federated = FederatedLoss()  # counts_by = 'image'; its number of classes is not given
+    assert federated.counts_by == "image" and federated.num_classes is None
+    model = nn.Sequential(federated, SoftmaxFocalLoss(class_counts="auto"))
+    runner = fake_runner(model, coco_dataset)
+    ClassStatsHook(by="instance").before_train(runner)
+    assert federated.get_class_counts().tolist() == IMAGE_COUNTS
+    assert federated.num_classes == 3  # from the training set
+    assert model[1].get_class_counts().tolist() == INSTANCE_COUNTS  # the hook's by
+    ClassStatsHook(by="image").before_train(runner)
+    assert model[1].get_class_counts().tolist() == IMAGE_COUNTS
+
+
+def test_mismatch_between_head_loss_and_training_set_names_all_three(
+        coco_dataset: CocoDataset) -> None:
+    loss = BalancedSoftmaxLoss()
+    loss.get_cls_channels(4)  # as an RoI head with num_classes=4 does
+    with pytest.raises(ValueError, match=r"class_counts has 3 entries .*num_classes=4 \(head "
+                                         r"num_classes: 4; loss num_classes: None; training set"
+                                         r" / class_counts: 3 classes\)"):
+        ClassStatsHook().before_train(fake_runner(nn.Sequential(loss), coco_dataset))
+
+
+def test_before_test_fills_losses_without_counts_and_keeps_restored_ones(
+        coco_dataset: CocoDataset) -> None:
+    waiting = PostHocLogitAdjustedLoss()  # a cross-entropy checkpoint brought no counts
+    waiting.get_cls_channels(3)
+    restored = PostHocLogitAdjustedLoss()
+    restored.get_cls_channels(3)
+    restored.set_class_counts([7, 7, 7])  # as loaded from its checkpoint
+    dataset_cfg = dict(type="CocoDataset", data_root=coco_dataset.data_root,
+                       ann_file="ann.json", data_prefix=dict(img="images/"),
+                       metainfo=dict(classes=CLASSES), filter_cfg=None, pipeline=[],
+                       lazy_init=True)
+    runner = SimpleNamespace(model=nn.Sequential(waiting, restored),
+                             cfg=dict(train_dataloader=dict(dataset=dataset_cfg)),
+                             test_loop=SimpleNamespace(evaluator=SimpleNamespace(metrics=[])),
+                             logger=RecordingLogger())
+    ClassStatsHook().before_test(runner)
+    assert waiting.get_class_counts().tolist() == INSTANCE_COUNTS
+    assert restored.get_class_counts().tolist() == [7, 7, 7]
+    runner.cfg = {}
+    waiting2 = PostHocLogitAdjustedLoss()
+    runner.model = nn.Sequential(waiting2)
+    with pytest.raises(ValueError, match=r"1 loss\(es\) and 0 test metric\(s\).*no "
+                                         r"train_dataloader.dataset"):
+        ClassStatsHook().before_test(runner)
+
+
+def test_counts_restored_into_a_loss_that_did_not_know_its_classes() -> None:
+    # A dense head never tells the loss its number of classes: the checkpoint sizes the buffer.
+    trained = ClassBalancedFocalLoss(class_counts="auto")
+    trained.set_class_counts([4, 0, 9])
+    fresh = ClassBalancedFocalLoss(class_counts="auto")
+    assert fresh.num_classes is None and fresh.get_class_counts() is None
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.num_classes == 3 and fresh.get_class_counts().tolist() == [4, 0, 9]
+    torch.testing.assert_close(fresh.class_weights(), trained.class_weights())
+    # A checkpoint saved before any counts were known restores nothing, strict or not.
+    ClassBalancedFocalLoss(class_counts="auto").load_state_dict(
+        ClassBalancedFocalLoss(class_counts="auto").state_dict())

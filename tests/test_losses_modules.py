@@ -237,7 +237,6 @@ def test_half_precision_logits_of_100_are_finite(index: int, dtype: torch.dtype)
     (SoftmaxFocalLoss, dict(num_classes=4, class_counts=COUNTS), ValueError, "class_counts"),
     (SoftmaxFocalLoss, dict(class_counts=[3, -1]), ValueError, "class_counts"),
     (SoftmaxFocalLoss, dict(class_counts=[3, 1.5]), ValueError, "whole numbers"),
-    (SoftmaxFocalLoss, dict(class_counts="auto"), ValueError, "num_classes"),
     (SoftmaxFocalLoss, dict(class_counts="all", num_classes=2), ValueError, "class_counts"),
     (SoftmaxFocalLoss, dict(num_classes=0), ValueError, "num_classes"),
     (SoftmaxFocalLoss, dict(num_classes=2.0), TypeError, "num_classes"),
@@ -369,3 +368,74 @@ def test_detector_trains_one_step_and_predicts(base: str, loss_cls: dict[str, An
         scores = result.pred_instances.scores
         assert torch.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
         assert (result.pred_instances.labels < C).all()
+
+
+# -- the number of classes is written once (issue 11, item 3) ----------------------------------
+
+
+def bbox_head(loss_cls: dict[str, Any], num_classes: int = 3) -> Any:
+    register_all_modules(init_default_scope=False)
+    return MODELS.build(dict(type="Shared2FCBBoxHead", in_channels=4, fc_out_channels=8,
+                             roi_feat_size=7, num_classes=num_classes, loss_cls=loss_cls))
+
+
+@pytest.mark.parametrize("loss_cls", [
+    dict(type="ClassBalancedCrossEntropyLoss", class_counts="auto"),
+    dict(type="SoftmaxFocalLoss", class_counts="auto"),
+    dict(type="ClassBalancedCrossEntropyLoss", use_sigmoid=True, class_counts="auto"),
+    dict(type="ClassBalancedFocalLoss", use_sigmoid=True, class_counts="auto"),
+], ids=["cb-ce-softmax", "softmax-focal", "cb-ce-sigmoid", "cb-focal-sigmoid"])
+def test_auto_counts_in_a_bbox_head_take_num_classes_from_the_head(
+        loss_cls: dict[str, Any]) -> None:
+    head = bbox_head(loss_cls)  # the loss config has no num_classes
+    loss = head.loss_cls
+    assert loss.num_classes == 3 and loss.class_counts.tolist() == [-1, -1, -1]
+    sigmoid = loss.use_sigmoid
+    assert head.fc_cls.out_features == (3 if sigmoid else 4)
+    loss.set_class_counts([30, 3, 0])  # as ClassStatsHook does
+    x = torch.randn(6, head.fc_cls.out_features)
+    labels = torch.tensor([0, 1, 2, 3, 3, 0])
+    assert torch.isfinite(loss(x, labels))
+    scores = loss.get_activation(x)  # what BBoxHead predicts with: C + 1 columns
+    expected = (torch.cat([x.sigmoid(), torch.zeros(6, 1)], 1) if sigmoid else x.softmax(1))
+    torch.testing.assert_close(scores, expected)
+    assert head.custom_activation == sigmoid  # sigmoid heads log get_accuracy's accuracy
+    accuracy = loss.get_accuracy(x, labels)["acc"]
+    predicted = torch.where(x.max(1).values >= 0, x.argmax(1), 3) if sigmoid else x.argmax(1)
+    torch.testing.assert_close(accuracy, (predicted == labels).float().mean()[None] * 100,
+                               check_dtype=False)
+
+
+def test_head_and_loss_disagreeing_raise_naming_both_and_the_training_set() -> None:
+    with pytest.raises(ValueError, match=r"the head has num_classes=3 but the loss has "
+                                         r"num_classes=4 \(head num_classes: 3; loss "
+                                         r"num_classes: 4; training set / class_counts: not "
+                                         r"counted yet classes\)"):
+        bbox_head(dict(type="SoftmaxFocalLoss", num_classes=4, class_counts="auto"))
+    with pytest.raises(ValueError, match=r"head has num_classes=3 .*loss num_classes: 5"):
+        bbox_head(dict(type="ClassBalancedCrossEntropyLoss", class_counts=COUNTS))
+    loss = bbox_head(dict(type="ClassBalancedCrossEntropyLoss", class_counts="auto")).loss_cls
+    with pytest.raises(ValueError, match=r"class_counts has 5 entries .*num_classes=3 \(head "
+                                         r"num_classes: 3; loss num_classes: None; training "
+                                         r"set / class_counts: 5 classes\)"):
+        loss.set_class_counts(COUNTS)
+
+
+def test_in_a_dense_head_num_classes_comes_from_the_training_set() -> None:
+    register_all_modules(init_default_scope=False)
+    head = MODELS.build(dict(type="RetinaHead", num_classes=3, in_channels=8, stacked_convs=1,
+                             feat_channels=8,
+                             loss_cls=dict(type="ClassBalancedFocalLoss", use_sigmoid=True,
+                                           class_counts="auto", use_compile=False)))
+    loss = head.loss_cls
+    assert loss.num_classes is None and head.cls_out_channels == 3  # no get_cls_channels call
+    x = torch.randn(6, 3)
+    # Dense heads also score through get_activation (custom_cls_channels): their own sigmoid.
+    torch.testing.assert_close(loss.get_activation(x), x.sigmoid())
+    loss.set_class_counts([30, 3, 0])  # ClassStatsHook, from the training set
+    assert loss.num_classes == 3 and torch.isfinite(loss(x, torch.tensor([0, 1, 2, 3, 3, 0])))
+    with pytest.raises(ValueError, match=r"pred has 4 columns.*num_classes=3"):
+        loss(torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 3, 0]))
+    softmax = SoftmaxFocalLoss(class_counts="auto")  # a softmax dense head: C + 1 columns
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(softmax.get_activation(x), x.softmax(1)[:, :-1])

@@ -41,6 +41,17 @@ class ClassStatsHook(Hook):
     through ``set_class_stats``. Statistics are those of the unique training images
     (re-sampling wrappers are looked through).
 
+    What is counted: a loss whose formula is defined on one kind of count says so in its
+    ``counts_by`` attribute (``'image'`` for the federated loss and ECM, whose papers weight
+    classes by the number of images containing them); it gets that kind whatever ``by`` is.
+    Every other loss (no ``counts_by``, or ``None``) gets the kind named by ``by``.
+
+    Testing (``tools/test.py``, ``before_test``): a loss that waits for counts and has none
+    after the checkpoint was loaded (a checkpoint trained with another loss, such as a plain
+    cross-entropy model evaluated with :class:`mmimb.losses.PostHocLogitAdjustedLoss`) gets
+    those of the config's ``train_dataloader.dataset``; counts restored from the checkpoint
+    are kept, since the model was trained with them.
+
     Checkpoints: the counts are a buffer of the loss, so a checkpoint restores them before this
     hook runs. On resume the training set is the same, so the recomputed counts equal the
     restored ones and nothing changes. If they differ (fine-tuning with ``load_from`` a model
@@ -49,7 +60,8 @@ class ClassStatsHook(Hook):
 
     Args:
         by: count ``'instance'`` (boxes per class, default: every box yields positive samples
-            for the classifier) or ``'image'`` (images containing the class).
+            for the classifier) or ``'image'`` (images containing the class), for the losses
+            that do not name a kind in ``counts_by``.
 
     Raises:
         ValueError: if ``by`` is neither, or (in ``before_train``) the runner has no training
@@ -94,10 +106,11 @@ class ClassStatsHook(Hook):
                 f"ClassStatsHook: {len(losses)} loss(es) and {len(metrics)} metric(s) have "
                 "class_counts='auto' but the runner has no training dataset to count")
         stats = class_stats(dataset)
-        counts = stats.counts(self.by)
-        runner.logger.info(f"ClassStatsHook: {self.by} counts of the training set: "
-                           f"{_summary(counts)}")
+        for by in sorted({self.count_kind(module) for module in losses}):
+            runner.logger.info(f"ClassStatsHook: {by} counts of the training set: "
+                               f"{_summary(stats.counts(by))}")
         for module in losses:
+            counts = stats.counts(self.count_kind(module))
             restored = module.get_class_counts()
             if restored is not None and not np.array_equal(restored, counts):
                 runner.logger.warning(
@@ -108,23 +121,37 @@ class ClassStatsHook(Hook):
         for metric in metrics:
             metric.set_class_stats(stats)
 
+    def count_kind(self, module: Any) -> str:
+        """The kind of count ``module`` gets: its own ``counts_by``, else the hook's ``by``."""
+        return getattr(module, "counts_by", None) or self.by
+
     def before_test(self, runner: Runner) -> None:
-        """Give the training statistics to waiting test metrics (``tools/test.py``).
+        """Give the training statistics to waiting test metrics and to losses that have no
+        counts after the checkpoint was loaded (``tools/test.py``).
 
         The training set is built from ``train_dataloader.dataset`` of the config (its
         annotations are read; no image is loaded).
 
         Raises:
-            ValueError: if a metric waits and the config has no training dataset.
+            ValueError: if a metric or loss waits and the config has no training dataset.
         """
         metrics = self.waiting_metrics(runner.test_loop)
-        if not metrics:
+        losses = [m for m in self.targets(runner.model) if m.get_class_counts() is None]
+        if not metrics and not losses:
             return
         dataset_cfg = runner.cfg.get("train_dataloader", {}).get("dataset")
         if dataset_cfg is None:
             raise ValueError(
-                f"ClassStatsHook: {len(metrics)} test metric(s) have class_counts='auto' but "
-                "the config has no train_dataloader.dataset to count")
+                f"ClassStatsHook: {len(losses)} loss(es) and {len(metrics)} test metric(s) "
+                "have class_counts='auto' but the config has no train_dataloader.dataset to "
+                "count")
         stats = class_stats(DATASETS.build(dataset_cfg))
+        for module in losses:
+            counts = stats.counts(self.count_kind(module))
+            runner.logger.info(
+                f"ClassStatsHook: {type(module).__name__} has no class counts from the "
+                f"checkpoint; using the training set's {self.count_kind(module)} counts: "
+                f"{_summary(counts)}")
+            module.set_class_counts(counts)
         for metric in metrics:
             metric.set_class_stats(stats)
