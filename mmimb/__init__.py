@@ -22,9 +22,10 @@ from mmimb import (  # noqa: E402  (registration happens on import, after the co
     losses,
     samplers,
     stats,
+    strategies,
     transforms,
 )
 
 __version__ = "0.1.0"
 __all__ = ["analysis", "datasets", "evaluation", "hooks", "losses", "samplers", "stats",
-           "transforms", "__version__"]
+           "strategies", "transforms", "__version__"]

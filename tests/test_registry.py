@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from mmdet.registry import DATA_SAMPLERS, DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
+from mmdet.registry import (
+    DATA_SAMPLERS,
+    DATASETS,
+    HOOKS,
+    METRICS,
+    MODELS,
+    TASK_UTILS,
+    TRANSFORMS,
+)
 from mmdet.utils import register_all_modules
 from mmengine.registry import Registry
 
 import mmimb
 
 REGISTRIES = {"MODELS": MODELS, "DATASETS": DATASETS, "DATA_SAMPLERS": DATA_SAMPLERS,
-              "TRANSFORMS": TRANSFORMS, "METRICS": METRICS, "HOOKS": HOOKS}
+              "TRANSFORMS": TRANSFORMS, "METRICS": METRICS, "HOOKS": HOOKS,
+              "TASK_UTILS": TASK_UTILS}
 
 
 def mmimb_names(registry: Registry) -> set[str]:
@@ -33,6 +42,9 @@ def test_every_component_is_registered_under_a_fresh_name() -> None:
     registered = {key: mmimb_names(reg) for key, reg in REGISTRIES.items()}
     assert "LongTailMetric" in registered["METRICS"]
     assert "SyntheticLongTailDataset" in registered["DATASETS"]
+    assert {"BoxFusion"} <= registered["TASK_UTILS"]
+    assert {"BoxFusionEnsemble"} <= registered["MODELS"]
+    assert {"FreezeExceptHook"} <= registered["HOOKS"]
     for key, reg in REGISTRIES.items():
         clash = registered[key] & foreign_names(reg)
         assert not clash, f"{key}: mmimb shadows {sorted(clash)}"

@@ -19,6 +19,11 @@ the subset is redrawn from ``(seed, epoch)`` every epoch, so no image is lost fo
 the images kept in steps 1-2 towards the targets would cut the excess, but would drop for ever
 the images of a class that the protected images already fill.)
 
+With ``redraw=False`` the subset of epoch 0 is kept for the whole training (only its order
+changes from epoch to epoch): one fixed balanced subset per seed, the training set of one member
+of an EasyEnsemble (Liu, Wu & Zhou, "Exploratory Undersampling for Class-Imbalance Learning",
+IEEE TSMC-B 2009; :mod:`mmimb.strategies.ensemble`).
+
 Shape shorthand: ``N`` images, ``C`` classes, ``P`` distinct (image, class) pairs.
 """
 
@@ -30,7 +35,7 @@ from typing import Any
 import numpy as np
 from mmdet.registry import DATA_SAMPLERS
 
-from mmimb.samplers._common import ResamplingSampler, read_image_labels
+from mmimb.samplers._common import ResamplingSampler, check_bool, epoch_rng, read_image_labels
 from mmimb.stats import ClassStats, ImageLabels, undersampling_targets
 
 
@@ -77,9 +82,9 @@ class UndersampleSampler(ResamplingSampler):
     """Sampler that draws, every epoch, a subset of images that under-samples majority classes.
 
     See the module docstring for the draw. Each epoch is a fresh subset (a function of
-    ``(seed, epoch)``), shuffled and split across ranks as in
-    :class:`~mmimb.samplers._common.ResamplingSampler`; each image appears at most once per
-    epoch. :meth:`report` tells how many images of each class an epoch kept.
+    ``(seed, epoch)``; with ``redraw=False``, the subset of epoch 0), shuffled and split across
+    ranks as in :class:`~mmimb.samplers._common.ResamplingSampler`; each image appears at most
+    once per epoch. :meth:`report` tells how many images of each class an epoch kept.
 
     Config example::
 
@@ -99,6 +104,8 @@ class UndersampleSampler(ResamplingSampler):
         seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
         shuffle: shuffle each epoch.
         infinite: go through epochs without end (iteration-based training).
+        redraw: draw a new subset every epoch (default); ``False`` keeps the subset of epoch 0
+            for good and only reshuffles it.
 
     Attributes:
         targets: ``int64[C]`` target images per class; classes with ``targets < image_counts``
@@ -113,8 +120,11 @@ class UndersampleSampler(ResamplingSampler):
 
     def __init__(self, dataset: Sized, sampling_strategy: Any = "auto",
                  background_ratio: float | None = None, background_count: int | None = None,
-                 seed: int | None = None, shuffle: bool = True, infinite: bool = False) -> None:
+                 seed: int | None = None, shuffle: bool = True, infinite: bool = False,
+                 redraw: bool = True) -> None:
         super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
+        self.redraw = check_bool(redraw, "redraw")
+        self._fixed_subset: np.ndarray | None = None
         labels = read_image_labels(dataset)
         classes = tuple(getattr(dataset, "metainfo", {}).get("classes", ()))
         self.stats = ClassStats.from_image_labels(
@@ -147,6 +157,13 @@ class UndersampleSampler(ResamplingSampler):
                            minlength=self._distinct.num_classes)
 
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.redraw:
+            return self._draw_subset(rng)
+        if self._fixed_subset is None:
+            self._fixed_subset = self._draw_subset(epoch_rng(self.seed, 0))
+        return self._fixed_subset
+
+    def _draw_subset(self, rng: np.random.Generator) -> np.ndarray:
         kept = self._protected.copy()
         kept[rng.choice(self._background, self._num_background_kept, replace=False)] = True
         priority = rng.permutation(len(kept))
