@@ -27,6 +27,7 @@ from mmengine.config import DictAction
 
 from mmimb.quality import check_budgets, execute, load_matrix, pending, write_table
 from mmimb.quality.matrix import select
+from mmimb.quality.runs import waiting_for
 from mmimb.quality.tables import update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     for i, run in enumerate(todo[:args.max_runs]):
+        source = waiting_for(run, args.results_dir)
+        if source is not None:
+            print(f"[quality] skip {run.key}: it evaluates {source}, not finished", flush=True)
+            continue
         start = time.perf_counter()
         print(f"[quality] run {i + 1}/{len(todo)}: {run.key}", flush=True)
         log = (Path(args.work_root) / f"{run.key}.log")

@@ -65,6 +65,8 @@ def test_shipped_matrix_parses_and_every_row_has_its_baselines_budget() -> None:
     ({"name": "b/c", "config": BASE, "seeds": [0]}, ValueError, "name"),
     ({"name": "b", "config": BASE, "seeds": [0], "cfg_options": 3}, TypeError, "cfg_options"),
     ({"name": "b", "config": BASE, "seeds": [0], "budget_note": "x"}, ValueError, "baseline"),
+    ({"name": "b", "config": BASE, "seeds": [0], "eval_from": "b"}, ValueError, "earlier row"),
+    ({"name": "b", "config": BASE, "seeds": [0], "eval_from": 1}, TypeError, "eval_from"),
 ])
 def test_invalid_rows_are_refused_naming_the_key(row: dict[str, Any], error: type,
                                                    match: str) -> None:
@@ -82,6 +84,18 @@ def test_duplicate_names_and_empty_matrices_are_refused() -> None:
         parse_matrix({}, REPO)
     with pytest.raises(ValueError, match="baseline"):
         parse_matrix({"table": [{"name": "t", "row": []}]}, REPO)
+
+
+def test_evaluation_only_rows_need_an_earlier_training_row_with_their_seeds() -> None:
+    base = {"name": "base", "config": BASE, "seeds": [0, 1]}
+    post = {"name": "post", "config": BASE, "seeds": [0], "eval_from": "base"}
+    table = parse_matrix(matrix(base, post), REPO)[0]
+    assert [r.key for r in all_runs([table])] == ["t/base/seed0", "t/post/seed0", "t/base/seed1"]
+    assert Run("t", table.rows[1], 0).source_key == "t/base/seed0"
+    with pytest.raises(ValueError, match=r"seeds \[2\] have no run in row 'base'"):
+        parse_matrix(matrix(base, dict(post, seeds=[2])), REPO)
+    with pytest.raises(ValueError, match="earlier row that trains"):
+        parse_matrix(matrix(base, post, dict(post, name="post2", eval_from="post")), REPO)
 
 
 def test_a_method_with_another_budget_is_refused_unless_it_says_so() -> None:
@@ -216,6 +230,11 @@ seeds = [0, 1]
 name = "rfs"
 config = "{rfs_cfg}"
 seeds = [0, 1]
+[[table.row]]
+name = "again"
+config = "{base_cfg}"
+seeds = [0, 1]
+eval_from = "baseline"
 """)
     results, work, out = tmp_path / "records", tmp_path / "work", tmp_path / "tables"
     args = ["--matrix", str(toml), "--results-dir", str(results), "--work-root", str(work),
@@ -247,8 +266,17 @@ seeds = [0, 1]
     assert cli.main(args) == 0  # picks up the other two
     records = {p.relative_to(results).as_posix(): json.loads(p.read_text())
                for p in results.rglob("*.json")}
-    assert sorted(records) == ["tiny/baseline/seed0.json", "tiny/baseline/seed1.json",
+    assert sorted(records) == ["tiny/again/seed0.json", "tiny/again/seed1.json",
+                               "tiny/baseline/seed0.json", "tiny/baseline/seed1.json",
                                "tiny/rfs/seed0.json", "tiny/rfs/seed1.json"]
+    # Evaluation-only rows trained nothing: the baseline's checkpoints with the baseline's
+    # config give the baseline's numbers.
+    for seed in (0, 1):
+        again = records[f"tiny/again/seed{seed}.json"]
+        assert again["eval_from"] == f"tiny/baseline/seed{seed}"
+        assert not list((work / f"tiny/again/seed{seed}").glob("*.pth"))
+        assert again["report"]["overall"] == records[f"tiny/baseline/seed{seed}.json"][
+            "report"]["overall"]
     resumed = records["tiny/baseline/seed1.json"]
     assert [s["resumed_from"] for s in resumed["segments"]] == [2]
     assert records["tiny/rfs/seed1.json"]["segments"][0]["resumed_from"] is None

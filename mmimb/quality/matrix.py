@@ -22,6 +22,16 @@ is its baseline, the others are methods compared with it::
     cfg_options = { "train_dataloader.sampler.power" = 0.5 }   # optional
     budget_note = ""                          # required when the budget differs (see below)
 
+    [[table.row]]
+    name = "posthoc"
+    config = "configs/faster_rcnn/posthoclogitadjust_faster-rcnn_r18tiny_fpn_1k_ltsynth.py"
+    seeds = [0, 1, 2]
+    eval_from = "baseline"                    # no training: evaluate that row's checkpoints
+
+A row with ``eval_from`` trains nothing: each of its seeds evaluates the final checkpoint of the
+named earlier row's run with the same seed, with its own config (a post-hoc change such as an
+inference-time logit adjustment). Its seeds must be a subset of that row's.
+
 Honesty rule (:func:`check_budgets`): every method of a table is trained and evaluated like its
 baseline: same training loop and number of iterations (or epochs), batch size, evaluation
 split and evaluator. A row that differs must say how in ``budget_note``, which the table prints
@@ -52,6 +62,8 @@ class Row:
         label: what the row is, for the tables (defaults to ``name``).
         cfg_options: settings merged into the config (``--cfg-options`` of ``tools/train.py``).
         budget_note: how the row's budget differs from the baseline's ('' when it does not).
+        eval_from: name of an earlier row whose checkpoints this row evaluates without
+            training ('' for a row that trains).
     """
 
     name: str
@@ -60,6 +72,7 @@ class Row:
     label: str = ""
     cfg_options: dict[str, Any] = field(default_factory=dict)
     budget_note: str = ""
+    eval_from: str = ""
 
     @property
     def title(self) -> str:
@@ -98,7 +111,7 @@ def _name(value: Any, what: str) -> str:
 
 
 def _row(data: dict[str, Any], where: str, root: Path) -> Row:
-    known = {"name", "config", "seeds", "label", "cfg_options", "budget_note"}
+    known = {"name", "config", "seeds", "label", "cfg_options", "budget_note", "eval_from"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {sorted(known)}")
@@ -115,8 +128,26 @@ def _row(data: dict[str, Any], where: str, root: Path) -> Row:
     options = data.get("cfg_options", {})
     if not isinstance(options, dict):
         raise TypeError(f"{where}.cfg_options must be a table of key = value, got {options!r}")
+    eval_from = data.get("eval_from", "")
+    if not isinstance(eval_from, str):
+        raise TypeError(f"{where}.eval_from must be a row name, got {eval_from!r}")
     return Row(name, config, tuple(seeds), str(data.get("label", "")), dict(options),
-               str(data.get("budget_note", "")))
+               str(data.get("budget_note", "")), eval_from)
+
+
+def _check_eval_from(rows: Sequence[Row], table: str) -> None:
+    for i, row in enumerate(rows):
+        if not row.eval_from:
+            continue
+        earlier = {r.name: r for r in rows[:i] if not r.eval_from}
+        source = earlier.get(row.eval_from)
+        if source is None:
+            raise ValueError(f"table {table!r} row {row.name!r}: eval_from={row.eval_from!r} "
+                             f"must name an earlier row that trains, one of {sorted(earlier)}")
+        missing = sorted(set(row.seeds) - set(source.seeds))
+        if missing:
+            raise ValueError(f"table {table!r} row {row.name!r}: seeds {missing} have no run in "
+                             f"row {source.name!r} (seeds {list(source.seeds)}) to evaluate")
 
 
 def parse_matrix(data: dict[str, Any], root: str | Path) -> list[Table]:
@@ -141,6 +172,7 @@ def parse_matrix(data: dict[str, Any], root: str | Path) -> list[Table]:
         names = [r.name for r in rows]
         if len(set(names)) != len(names):
             raise ValueError(f"table {name!r}: duplicate row names in {names}")
+        _check_eval_from(rows, name)
         if rows[0].budget_note:
             raise ValueError(f"table {name!r}: the baseline row {rows[0].name!r} defines the "
                              "budget and cannot have a budget_note")

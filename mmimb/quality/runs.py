@@ -7,6 +7,8 @@ record to ``{results_dir}/{table}/{row}/seed{seed}.json``:
 - a run with a record is finished and is never trained again (delete the record to retrain);
 - a run without a record whose work dir holds a checkpoint was interrupted: it resumes from
   that checkpoint (``--resume``), so a stopped matrix picks up where it stopped;
+- a row with ``eval_from`` trains nothing: its run evaluates the final checkpoint of the same
+  seed's run of that row (which must be finished) with ``tools/test.py`` and its own config;
 - the record holds the long-tail report of the final evaluation, the settings, the budget, the
   wall time of every process that trained the run (summed) and the machine.
 
@@ -47,6 +49,11 @@ class Run:
         """``table/row/seed{seed}``: the run's relative folder and record path."""
         return f"{self.table}/{self.row.name}/seed{self.seed}"
 
+    @property
+    def source_key(self) -> str | None:
+        """Key of the run whose checkpoint this run evaluates (None: it trains)."""
+        return f"{self.table}/{self.row.eval_from}/seed{self.seed}" if self.row.eval_from else None
+
 
 def record_path(results_dir: str | Path, run: Run) -> Path:
     """Where the run's record is (or will be) written."""
@@ -56,6 +63,12 @@ def record_path(results_dir: str | Path, run: Run) -> Path:
 def work_dir(work_root: str | Path, run: Run) -> Path:
     """The run's own work dir (checkpoints, logs, reports)."""
     return Path(work_root) / run.key
+
+
+def waiting_for(run: Run, results_dir: str | Path) -> str | None:
+    """Key of the unfinished run this evaluation-only run waits for (None: it can run)."""
+    key = run.source_key
+    return key if key and not (Path(results_dir) / f"{key}.json").is_file() else None
 
 
 def all_runs(tables: Sequence[Table]) -> list[Run]:
@@ -170,6 +183,8 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     """
     wdir = work_dir(work_root, run)
     wdir.mkdir(parents=True, exist_ok=True)
+    if run.source_key:
+        return _evaluate(run, root, work_root, results_dir, budget, extra, python, log)
     segments_file = wdir / "quality_segments.json"
     segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
     config = write_run_config(run, root, wdir, extra)
@@ -180,11 +195,44 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     report = final_report(config, root, wdir, python, log)
     segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
     segments_file.write_text(json.dumps(segments))
+    return _write_record(run, results_dir, budget, extra, segments, report)
+
+
+def _evaluate(run: Run, root: str | Path, work_root: str | Path, results_dir: str | Path,
+              budget: dict[str, Any], extra: dict[str, Any] | None, python: str,
+              log: Any) -> dict[str, Any]:
+    """Evaluate the final checkpoint of ``run.source_key`` with the run's own config."""
+    source = waiting_for(run, results_dir)
+    if source is not None:
+        raise RuntimeError(f"{run.key} evaluates the checkpoint of {source}, which has not "
+                           "finished: run that row first")
+    source_dir = Path(work_root) / str(run.source_key)
+    ckpt = _final_checkpoint(source_dir)
+    if ckpt is None:
+        raise RuntimeError(f"{run.key}: {run.source_key} is finished but its checkpoint is gone "
+                           f"from {source_dir}; delete its record and run it again to evaluate it")
+    wdir = work_dir(work_root, run)
+    config = write_run_config(run, root, wdir, extra)
+    started = time.perf_counter()
+    subprocess.run([python, str(Path(root) / "tools" / "test.py"), str(config), str(ckpt),
+                    "--work-dir", str(wdir)], check=True, cwd=root, stdout=log, stderr=log)
+    report = _latest_report(wdir)
+    if report is None:
+        raise RuntimeError(f"evaluating {ckpt} in {wdir} wrote no long_tail.json: is the "
+                           "test_evaluator a LongTailMetric?")
+    segments = [{"evaluated": str(run.source_key), "seconds": time.perf_counter() - started}]
+    return _write_record(run, results_dir, budget, extra, segments, report)
+
+
+def _write_record(run: Run, results_dir: str | Path, budget: dict[str, Any],
+                  extra: dict[str, Any] | None, segments: list[dict[str, Any]],
+                  report: Path) -> dict[str, Any]:
     record = {
         "version": RECORD_VERSION,
         "table": run.table, "row": run.row.name, "seed": run.seed,
         "config": run.row.config,
         "cfg_options": {**run.row.cfg_options, **(extra or {})},
+        "eval_from": run.source_key,
         "budget": budget,
         "wall_s": sum(s["seconds"] for s in segments),
         "segments": segments,
