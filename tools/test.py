@@ -26,7 +26,7 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, strict_checkpoint=True)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()

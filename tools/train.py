@@ -6,7 +6,7 @@ import os
 from mmengine.config import Config
 
 import mmimb  # noqa: F401  (registers mmimb and lets torch load mmengine checkpoints)
-from mmimb.tool_utils import add_common_arguments, build_runner, load_config
+from mmimb.tool_utils import add_common_arguments, apply_resume, build_runner, load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -16,7 +16,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--resume", nargs="?", type=str, const="auto",
         help="resume from this checkpoint, or from the latest one in the work dir when no "
-             "path is given")
+             "path is given (none there: a warning, and a new training starts)")
     add_common_arguments(parser)
     args = parser.parse_args()
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -29,17 +29,13 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
-    if args.resume == "auto":
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+    apply_resume(cfg, args.resume)
     return cfg
 
 
 def main() -> None:
-    build_runner(build_config(parse_args())).train()
+    cfg = build_config(parse_args())
+    build_runner(cfg, strict_checkpoint=bool(cfg.get("resume"))).train()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ it on every wrapper of the training set: before each epoch in epoch-based loops 
 every ``len(dataset)`` samples in iteration-based loops, where no hook runs between two passes
 of the data loader (batches that the workers had already prefetched then still come from the
 previous table). For iteration-based training with exact epoch boundaries, use
-:class:`mmimb.samplers.RepeatFactorSampler` with ``infinite=True`` instead.
+:class:`mmimb.samplers.RepeatFactorSampler` with ``infinite=True`` instead. A training without
+the hook gets a warning from :class:`mmimb.hooks.SetupCheckHook` when it starts.
 
 Shape shorthand: ``N`` images of the wrapped dataset, ``L`` slots of the wrapper.
 """
@@ -31,6 +32,7 @@ Shape shorthand: ``N`` images of the wrapped dataset, ``L`` slots of the wrapper
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -206,22 +208,30 @@ class RepeatFactorDataset:
         return self._length
 
 
-def datasets_with_epoch(dataset: Any) -> list[Any]:
-    """Every dataset in a tree of wrappers (``.dataset``, ``.datasets``) that has ``set_epoch``."""
-    found: list[Any] = []
-    stack: list[Any] = [dataset]
+def walk_datasets(dataset: Any) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+    """Every dataset in a tree of wrappers (``.dataset``, ``.datasets``), each once.
+
+    Yields:
+        ``(node, wrappers)``: a dataset and the wrappers above it, outermost first; ``dataset``
+        itself comes first, with ``()``.
+    """
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(dataset, ())]
     seen: set[int] = set()
     while stack:
-        node = stack.pop()
+        node, above = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if callable(getattr(node, "set_epoch", None)):
-            found.append(node)
-        if getattr(node, "dataset", None) is not None:
-            stack.append(node.dataset)
-        stack.extend(getattr(node, "datasets", None) or ())
-    return found
+        yield node, above
+        children = [getattr(node, "dataset", None), *(getattr(node, "datasets", None) or ())]
+        stack.extend((child, (*above, node)) for child in reversed(children)
+                     if child is not None)
+
+
+def datasets_with_epoch(dataset: Any) -> list[Any]:
+    """Every dataset in a tree of wrappers (``.dataset``, ``.datasets``) that has ``set_epoch``."""
+    return [node for node, _ in walk_datasets(dataset)
+            if callable(getattr(node, "set_epoch", None))]
 
 
 @HOOKS.register_module()

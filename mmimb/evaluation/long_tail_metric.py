@@ -77,8 +77,9 @@ class LongTailMetric(CocoMetric):
     Bad input: an ``ann_file`` or ``train_ann_file`` with duplicate image ids or annotations of
     unknown categories or images raises ``ValueError`` (at construction); boxes of zero or
     negative size are counted and reported, and handled by ``degenerate_gt``; predicted labels
-    outside the dataset's classes raise ``ValueError``; no detection at all gives AP, P, R, F1 of
-    0 for every class with ground truth (mmdet's ``CocoMetric`` returns nothing) and a warning.
+    outside the dataset's classes and scores that are not finite (NaN, inf) raise ``ValueError``
+    naming the image; no detection at all gives AP, P, R, F1 of 0 for every class with ground
+    truth (mmdet's ``CocoMetric`` returns nothing) and a warning.
 
     Args:
         ann_file: COCO/LVIS json of the evaluated split; converted from the dataset when None.
@@ -103,7 +104,8 @@ class LongTailMetric(CocoMetric):
 
     Raises:
         ValueError: on an invalid argument or annotation file; at evaluation time, when no
-            training counts came, no image was evaluated, or a predicted label is invalid.
+            training counts came, no image was evaluated, a predicted label is invalid or a
+            score is not finite.
     """
 
     default_prefix = "lt"
@@ -229,8 +231,16 @@ class LongTailMetric(CocoMetric):
                 return tuple(by_id[c] for c in self.cat_ids)
         return None
 
-    def _check_labels(self, preds: Sequence[dict], classes: Sequence[str]) -> int:
-        """Refuse predicted labels outside ``[0, C)``; return the number of detections."""
+    def _check_predictions(self, preds: Sequence[dict], classes: Sequence[str]) -> int:
+        """Refuse predicted labels outside ``[0, C)`` and scores that are not finite.
+
+        A NaN score cannot be ranked: COCOeval and the precision/recall matcher would order it
+        differently (a class's AP and AR of 1.0 next to a recall of 0.75), so the image is named
+        instead of a number being reported.
+
+        Returns:
+            The number of detections.
+        """
         total = 0
         for pred in preds:
             labels = np.asarray(pred["labels"])
@@ -241,6 +251,15 @@ class LongTailMetric(CocoMetric):
                     f"image {pred.get('img_id')}: predicted label {int(bad)} is outside [0, "
                     f"{len(classes)}); the dataset has {len(classes)} classes "
                     f"{list(classes)[:5]} (is the model's num_classes that of the dataset?)")
+            scores = np.asarray(pred["scores"], dtype=np.float64)
+            if not np.isfinite(scores).all():
+                nonfinite = np.flatnonzero(~np.isfinite(scores))
+                first = int(nonfinite[0])
+                raise ValueError(
+                    f"image {pred.get('img_id')}: {len(nonfinite)} of its {scores.size} "
+                    f"detection scores are not finite (detection {first}: {scores[first]}); "
+                    "LongTailMetric cannot rank them. The model produced them: a diverged "
+                    "training, or an overflow in half precision?")
         return total
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
@@ -266,7 +285,7 @@ class LongTailMetric(CocoMetric):
                              "dataloader is empty")
         gts, preds = zip(*results, strict=True)
         classes = tuple(self.dataset_meta["classes"])
-        num_dets = self._check_labels(preds, classes)
+        num_dets = self._check_predictions(preds, classes)
         counts = self._train_counts(classes)
 
         with tempfile.TemporaryDirectory() as tmp:

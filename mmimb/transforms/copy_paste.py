@@ -358,6 +358,10 @@ class RareClassCopyPaste(BaseTransform):
     pasted (:func:`paste_patches`) through its instance mask when the bank has masks, else as a
     rectangle (``blend='rect'``) or with a feathered border (``blend='soft'``).
 
+    The crops are 8-bit (``uint8``), as ``LoadImageFromFile`` reads images by default, and are
+    pasted into 8-bit images, or float images on the same 0-255 scale; an integer image of
+    another dtype (16-bit) is refused, as no conversion is right for all of them.
+
     Required keys: ``img``, ``gt_bboxes`` (``HorizontalBoxes`` or an array), ``gt_bboxes_labels``;
     optional ``gt_ignore_flags``, ``gt_masks`` (``BitmapMasks`` or ``PolygonMasks``),
     ``scale_factor``.
@@ -505,17 +509,39 @@ class RareClassCopyPaste(BaseTransform):
                                      opaque=True))
         return patches
 
+    def _check_dtype(self, img: np.ndarray, path: str | None) -> None:
+        """Refuse an integer image of another dtype than the bank's 8-bit crops.
+
+        The crops keep their values when pasted; in a ``uint16`` image, values 0-255 are
+        near-black, and no rescaling is right for every such image (16-bit full range, or
+        12-bit data stored in 16 bits). Float images are taken as they are: they are on the
+        0-255 scale when an earlier transform (``PhotoMetricDistortion``) converted 8-bit
+        pixels.
+        """
+        crops = self.bank.pixels.dtype
+        if np.issubdtype(img.dtype, np.integer) and img.dtype != crops:
+            image = f"the image {path}" if path else "the image"
+            raise ValueError(
+                f"RareClassCopyPaste: {image} is {img.dtype}, but the crops of "
+                f"the bank are {crops} (LoadImageFromFile reads them as 8-bit BGR); pasted as "
+                f"they are, their values 0-255 would be wrong in a {img.dtype} image. Load the "
+                "training images as 8-bit (LoadImageFromFile's default color_type='color'), "
+                "or place RareClassCopyPaste where the image is 8-bit")
+
     def transform(self, results: dict[str, Any]) -> dict[str, Any]:
         """Paste objects into ``results`` (see the class docstring for the keys).
 
         Raises:
             ValueError: if ``results`` lacks ``img``, ``gt_bboxes`` or ``gt_bboxes_labels``
-                (the transform must follow ``LoadAnnotations`` and precede ``PackDetInputs``).
+                (the transform must follow ``LoadAnnotations`` and precede ``PackDetInputs``),
+                or the image is an integer array of another dtype than ``uint8`` (the crops'),
+                such as a 16-bit image.
         """
         missing = [k for k in ("img", "gt_bboxes", "gt_bboxes_labels") if k not in results]
         if missing:
             raise ValueError(f"RareClassCopyPaste needs results {missing}: place it after "
                              f"LoadAnnotations(with_bbox=True) and before PackDetInputs")
+        self._check_dtype(results["img"], results.get("img_path"))
         rng = self._rng.get()
         results["num_pasted"] = 0
         if rng.random() >= self.prob:
