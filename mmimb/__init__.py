@@ -20,6 +20,7 @@ from mmimb import (  # noqa: E402  (registration happens on import, after the co
     evaluation,
     hooks,
     losses,
+    models,
     samplers,
     stats,
     strategies,
@@ -27,5 +28,5 @@ from mmimb import (  # noqa: E402  (registration happens on import, after the co
 )
 
 __version__ = "0.1.0"
-__all__ = ["analysis", "datasets", "evaluation", "hooks", "losses", "samplers", "stats",
+__all__ = ["analysis", "datasets", "evaluation", "hooks", "losses", "models", "samplers", "stats",
            "strategies", "transforms", "__version__"]

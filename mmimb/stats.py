@@ -471,7 +471,7 @@ def image_labels_from_dataset(dataset: Any, num_classes: int | None = None,
     if hasattr(dataset, "full_init"):
         dataset.full_init()
     key = _cache_key(dataset, include_ignored)
-    cached = None if key is None else label_cache.load(key, len(dataset))
+    cached = None if key is None else label_cache.load(key, len(dataset), num_classes)
     if cached is None:
         cached = _read_labels(dataset, num_classes, include_ignored)
         if key is not None:
@@ -810,7 +810,11 @@ def undersampling_targets(stats: ClassStats, sampling_strategy: Any = "auto") ->
       binary targets only; this is its definition applied to every class.)
     - ``'auto'`` or ``'not minority'``: every class except the minority is reduced to the
       minority's count; ``'majority'``: only the majority class; ``'not majority'``: every
-      class except the majority; ``'all'``: every class.
+      class except the majority; ``'all'``: every class. When several classes tie for the most
+      images, the majority class is the first of them in class-index order, as in
+      imbalanced-learn (``max(counts, key=counts.get)`` over its classes in sorted order):
+      counts ``[5, 5, 2]`` give ``[2, 5, 2]`` with ``'majority'`` and ``[5, 2, 2]`` with
+      ``'not majority'``.
     - ``dict``: class name or index -> target count; unnamed classes are kept.
     - callable: called with ``{class name (or index when names are unknown): image count}``,
       returns such a dict.
@@ -829,7 +833,8 @@ def undersampling_targets(stats: ClassStats, sampling_strategy: Any = "auto") ->
     if len(present) == 0:
         raise ValueError("sampling_strategy cannot be applied: no class has any image")
     n_min = int(counts[present].min())
-    n_max = int(counts[present].max())
+    # The first class of a tie, as imbalanced-learn's max() over its sorted classes.
+    majority = int(present[np.argmax(counts[present])])
     if callable(sampling_strategy):
         keys: tuple[Any, ...] = stats.classes or tuple(range(len(counts)))
         result = sampling_strategy(dict(zip(keys, counts.tolist(), strict=True)))
@@ -850,9 +855,9 @@ def undersampling_targets(stats: ClassStats, sampling_strategy: Any = "auto") ->
         if sampling_strategy in ("auto", "not minority"):
             reduce &= counts > n_min
         elif sampling_strategy == "majority":
-            reduce &= counts == n_max
+            reduce &= np.arange(len(counts)) == majority
         elif sampling_strategy == "not majority":
-            reduce &= counts < n_max
+            reduce[majority] = False
         return np.where(reduce, np.minimum(counts, n_min), counts)
     if isinstance(sampling_strategy, float | int) and not isinstance(sampling_strategy, bool):
         if not 0 < sampling_strategy <= 1:

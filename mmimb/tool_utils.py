@@ -13,6 +13,9 @@ Where mmengine passes a mistake silently, the tools say so (issue 14):
   checkpoint None".
 - a checkpoint whose tensors have other shapes than the config's model, when evaluating or
   resuming: refused by :class:`mmimb.hooks.SetupCheckHook`, which :func:`build_runner` adds.
+- distributed training (``--launcher pytorch|slurm|mpi``) on a machine without a GPU: mmengine's
+  launchers call ``torch.cuda.set_device`` and die with "Found no NVIDIA driver";
+  :func:`init_cpu_distributed` starts the ranks with gloo instead.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any
+from unittest import mock
 
+import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
+from mmengine.dist import init_dist, is_distributed
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
+from torch.nn.parallel import DistributedDataParallel
 
 from mmimb.hooks.setup_check import SetupCheckHook
 
@@ -163,11 +170,53 @@ def apply_resume(cfg: Config, resume: str | None) -> None:
     cfg.load_from = resume
 
 
+def init_cpu_distributed(cfg: Config) -> bool:
+    """Start distributed training on CPU processes with gloo, where mmengine's launcher cannot.
+
+    mmengine 0.10.7 (``mmengine/dist/utils.py``) calls ``torch.cuda.set_device(local_rank)``
+    in every launcher (``pytorch``, ``slurm``, ``mpi``) before ``init_process_group``, and
+    wraps the model in ``DistributedDataParallel(device_ids=[local_rank])``: both need a GPU.
+    Without CUDA this function, run before the runner is built, (1) replaces a ``'nccl'``
+    backend in ``env_cfg.dist_cfg`` (or none) by ``'gloo'``, (2) lets mmengine's launcher set
+    up the process group with ``torch.cuda.set_device`` made a no-op for that call only (the
+    rank, world size and master address are still read as mmengine reads them), and
+    (3) gives a ``DistributedDataParallel`` model wrapper ``device_ids=None``, as torch
+    requires for a CPU module. The runner then finds the process group started and uses it.
+    With CUDA, with ``launcher='none'`` or a process group already started, nothing changes:
+    the same script and config use nccl on GPUs.
+
+    Args:
+        cfg: the config, with ``launcher`` set (:func:`load_config`); changed in place.
+
+    Returns:
+        Whether this function started the process group.
+    """
+    if cfg.get("launcher", "none") == "none" or torch.cuda.is_available() or is_distributed():
+        return False
+    dist_cfg = dict(cfg.get("env_cfg", {}).get("dist_cfg", {}))
+    if dist_cfg.get("backend", "nccl") == "nccl":
+        dist_cfg["backend"] = "gloo"
+    cfg.merge_from_dict({"env_cfg.dist_cfg": dist_cfg})
+    wrapper = cfg.get("model_wrapper_cfg")
+    if wrapper is None:  # mmengine's default wrapper, as Runner.wrap_model builds it
+        cfg.model_wrapper_cfg = dict(
+            type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get("find_unused_parameters", False))
+    else:
+        wrapper_type = MODEL_WRAPPERS.get(wrapper.get("type", "MMDistributedDataParallel"))
+        if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
+            wrapper.setdefault("device_ids", None)
+    with mock.patch.object(torch.cuda, "set_device", lambda device: None):
+        init_dist(cfg.launcher, **dist_cfg)
+    return True
+
+
 def build_runner(cfg: Config, strict_checkpoint: bool = False) -> Runner:
     """The default MMEngine runner, or the one the config names in ``runner_type``.
 
-    ``cfg.load_from`` is checked first (:func:`check_checkpoint_file`), and the runner gets a
-    :class:`~mmimb.hooks.SetupCheckHook` unless the config has one.
+    ``cfg.load_from`` is checked first (:func:`check_checkpoint_file`), distributed runs on a
+    machine without a GPU are started with gloo (:func:`init_cpu_distributed`), and the runner
+    gets a :class:`~mmimb.hooks.SetupCheckHook` unless the config has one.
 
     Args:
         cfg: the config.
@@ -176,6 +225,7 @@ def build_runner(cfg: Config, strict_checkpoint: bool = False) -> Runner:
     """
     if cfg.get("load_from"):
         check_checkpoint_file(str(cfg.load_from))
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     checks = [hook for hook in runner.hooks if isinstance(hook, SetupCheckHook)]
     if not checks:

@@ -219,7 +219,8 @@ def test_cli_on_bccd_writes_table_plots_and_resampling(tmp_path: Path,
                                effect.instances, atol=1e-3)
     for name in ("long_tail.png", "resampling_0.png"):
         image = imread(tmp_path / name)
-        assert image.shape[:2] == (360, 700) and image.std() > 0.05  # drawn, not blank
+        # about 7 x 3.6 inches at 100 dpi, trimmed to what is drawn (bbox_inches="tight")
+        assert image.shape[0] > 250 and image.shape[1] > 500 and image.std() > 0.05
     assert (tmp_path / "class_stats.md").read_text().startswith("**")
 
 

@@ -1,5 +1,6 @@
-"""The label cache: hits skip the records, any change to the records misses, and a cache that
-cannot be used costs a warning, never a wrong or missing answer."""
+"""The label cache: hits skip the records, any change to the records misses, an entry changed
+after it was written misses, and a cache that cannot be used costs a warning, never a wrong or
+missing answer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from mmdet.datasets import CocoDataset
 from mmengine.dataset import BaseDataset
 
-from mmimb import stats
+from mmimb import label_cache, stats
 from mmimb.stats import ImageLabels, image_labels_from_coco, image_labels_from_dataset
 
 
@@ -34,7 +35,7 @@ def uncached(dataset: Any, **kwargs: Any) -> ImageLabels:
 
 
 def entries(cache: Path) -> list[str]:
-    return sorted(p.name for p in (cache / "labels").glob("*.npy"))
+    return sorted(p.name for p in (cache / "labels").glob("*.npz"))
 
 
 def assert_same(a: ImageLabels, b: ImageLabels) -> None:
@@ -65,7 +66,7 @@ def test_a_second_read_comes_from_the_cache(tiny_root: Path, cache: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = coco(tiny_root)
     first = image_labels_from_dataset(dataset)
-    assert len(entries(cache)) == 2  # labels and offsets
+    assert len(entries(cache)) == 1  # labels, offsets and their checksum in one file
     assert first.offsets[-1] > 0 and first.num_images == len(dataset)
     assert_same(first, uncached(dataset))
 
@@ -83,7 +84,7 @@ def test_records_that_differ_get_their_own_entry(tiny_root: Path, cache: Path) -
     assert_same(image_labels_from_dataset(kept), uncached(kept))
     assert_same(image_labels_from_dataset(filtered), uncached(filtered))
     assert uncached(filtered).offsets[-1] < uncached(kept).offsets[-1]
-    assert len(entries(cache)) == 4
+    assert len(entries(cache)) == 2
     # One label changed, nothing else: same length, different bytes, a new entry.
     records = [{"instances": [{"bbox_label": 0}, {"bbox_label": 2}]},
                {"instances": [{"bbox_label": 1}]}]
@@ -91,20 +92,73 @@ def test_records_that_differ_get_their_own_entry(tiny_root: Path, cache: Path) -
     records[1]["instances"][0]["bbox_label"] = 2
     second = image_labels_from_dataset(Records(records, 3))
     assert (first.labels.tolist(), second.labels.tolist()) == ([0, 2, 1], [0, 2, 2])
-    assert len(entries(cache)) == 8
+    assert len(entries(cache)) == 4
     # Counting ignored boxes or not is part of the key as well.
     assert_same(image_labels_from_dataset(kept, include_ignored=True),
                 uncached(kept, include_ignored=True))
-    assert len(entries(cache)) == 10
+    assert len(entries(cache)) == 5
+
+
+def stored(cache: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """The only entry of the cache: its file and its arrays."""
+    (name,) = entries(cache)
+    with np.load(cache / "labels" / name) as entry:
+        return cache / "labels" / name, dict(entry)
 
 
 def test_a_damaged_entry_is_a_miss_and_is_rewritten(tiny_root: Path, cache: Path) -> None:
     dataset = coco(tiny_root)
     expected = image_labels_from_dataset(dataset)
-    offsets_file = next((cache / "labels").glob("*.offsets.npy"))
-    offsets_file.write_bytes(offsets_file.read_bytes()[:-16])
-    assert_same(image_labels_from_dataset(dataset), expected)
-    np.testing.assert_array_equal(np.load(offsets_file), expected.offsets)
+    path, _ = stored(cache)
+    path.write_bytes(path.read_bytes()[:-16])
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        assert_same(image_labels_from_dataset(dataset), expected)
+    _, arrays = stored(cache)
+    np.testing.assert_array_equal(arrays["offsets"], expected.offsets)
+
+
+@pytest.mark.parametrize("change", ["labels", "offsets"])
+def test_an_entry_changed_after_writing_is_a_miss_and_is_rewritten(
+        tiny_root: Path, cache: Path, change: str) -> None:
+    """Same shapes, other labels (all set to class 0, as in issue 14), or boxes moved to other
+    images: the checksum no longer matches, so the records are read again."""
+    dataset = coco(tiny_root)
+    expected = uncached(dataset)
+    image_labels_from_dataset(dataset)
+    path, arrays = stored(cache)
+    np.testing.assert_array_equal(arrays["checksum"], label_cache.checksum(
+        expected.labels, expected.offsets))
+    altered = dict(arrays)
+    if change == "labels":
+        altered["labels"] = np.zeros_like(arrays["labels"])
+    else:  # the last box of the first image with boxes moves to the next image
+        offsets = arrays["offsets"].copy()
+        end = int(np.flatnonzero(np.diff(offsets) > 0)[0]) + 1
+        assert end < len(offsets) - 1, "the case needs an image after the first boxes"
+        offsets[end] -= 1
+        altered["offsets"] = offsets
+    assert not all(np.array_equal(altered[k], arrays[k]) for k in ("labels", "offsets"))
+    np.savez(path, **altered)  # the old checksum kept
+    with pytest.warns(RuntimeWarning, match="does not match its checksum"):
+        assert_same(image_labels_from_dataset(dataset), expected)
+    _, rewritten = stored(cache)
+    for key in ("labels", "offsets", "checksum"):
+        np.testing.assert_array_equal(rewritten[key], arrays[key])
+
+
+def test_an_out_of_range_label_from_the_cache_names_the_entry(cache: Path) -> None:
+    """The records hold label 5: read with 6 classes, then with 3, the second read comes from the
+    cache and says so, naming the file; without the cache the error is the records' own."""
+    dataset = Records([{"instances": [{"bbox_label": 0}]},
+                       {"instances": [{"bbox_label": 1}, {"bbox_label": 5}]}], 6)
+    assert image_labels_from_dataset(dataset).labels.tolist() == [0, 1, 5]
+    path, _ = stored(cache)
+    with pytest.raises(ValueError, match=r"label 5 \(image 1\) read from the label cache entry "
+                                         rf".*{path.name} is outside \[0, num_classes=3\)"):
+        image_labels_from_dataset(dataset, num_classes=3)
+    with pytest.raises(ValueError, match=r"label 5 is outside \[0, num_classes=3\)") as err:
+        uncached(dataset, num_classes=3)
+    assert "cache" not in str(err.value)
 
 
 def test_switched_off_or_unwritable_cache_still_gives_the_labels(

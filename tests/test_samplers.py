@@ -357,6 +357,44 @@ def test_callable_strategy_sees_class_names_and_counts() -> None:
     assert seen == {"a": 9, "b": 4}
 
 
+def imblearn_under_sampling_targets(counts: Sequence[int], strategy: str) -> list[int]:
+    """imbalanced-learn's under-sampling targets for a string ``sampling_strategy``.
+
+    A transcription of ``imblearn.utils._validation._sampling_strategy_*`` (imbalanced-learn
+    is not installed here): ``target_stats`` maps the sorted labels to their counts, and
+    ``max``/``min`` with ``key=target_stats.get`` take the first class of a tie.
+    """
+    y = [c for c, n in enumerate(counts) for _ in range(n)]
+    unique, number = np.unique(y, return_counts=True)
+    target_stats = dict(zip(unique.tolist(), number.tolist(), strict=True))
+    n_min = min(target_stats.values())
+    majority = max(target_stats, key=target_stats.__getitem__)
+    minority = min(target_stats, key=target_stats.__getitem__)
+    chosen = {"all": set(target_stats), "majority": {majority},
+              "not majority": set(target_stats) - {majority},
+              "not minority": set(target_stats) - {minority}}
+    chosen["auto"] = chosen["not minority"]
+    return [n_min if c in chosen[strategy] else n for c, n in enumerate(counts)]
+
+
+@pytest.mark.parametrize("counts", [[5, 5, 2], [2, 5, 5], [7, 3, 7, 3], [4, 4, 4], [9, 2, 2],
+                                    [1, 8, 8, 1, 8]])
+@pytest.mark.parametrize("strategy", ["auto", "not minority", "majority", "not majority", "all"])
+def test_tied_classes_follow_imbalanced_learn(counts: list[int], strategy: str) -> None:
+    expected = imblearn_under_sampling_targets(counts, strategy)
+    np.testing.assert_array_equal(undersampling_targets(stats_of(counts), strategy), expected)
+
+
+def test_tied_majority_issue_case() -> None:
+    """Issue 14: counts [5, 5, 2]; imbalanced-learn reduces the first majority class only."""
+    stats = stats_of([5, 5, 2])
+    assert undersampling_targets(stats, "majority").tolist() == [2, 5, 2]
+    assert undersampling_targets(stats, "not majority").tolist() == [5, 2, 2]
+    labels = [[c] for c, n in enumerate([5, 5, 2]) for _ in range(n)]
+    sampler = UndersampleSampler(fake_dataset(labels), sampling_strategy="majority", seed=0)
+    assert sampler.kept_counts(0).tolist() == [2, 5, 2]
+
+
 MULTI_LABELS = zipf_labels(400, 8, seed=11, empty=0.15)
 
 

@@ -11,8 +11,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="data/lt_synth", help="output folder")
     for f in fields(SyntheticConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
-                            default=f.default)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true",
+                                help="write instance masks (COCO RLE) beside the boxes"
+                                if f.name == "with_masks" else None)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
     return parser.parse_args()
 
 

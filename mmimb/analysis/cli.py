@@ -15,15 +15,26 @@ writes ``{prefix}class_stats.{md,csv,json}``, ``{prefix}long_tail.png`` and
 ``{prefix}resampling_{i}.{csv,png}``. ``results`` reads reports of
 :class:`~mmimb.evaluation.LongTailMetric` and writes ``{prefix}ap_vs_frequency.png`` and, with a
 baseline, ``{prefix}ap_difference.png``.
+
+A dict argument of ``--resample`` is given entry by entry, as nested keys of mmengine's
+``--cfg-options``: ``sampling_strategy.RBC=100 sampling_strategy.WBC=50`` (a key of digits that
+names no class is a class index). Outputs are written all or nothing: everything is computed and
+drawn in a temporary folder inside ``--out-dir`` first, and moved into place only if every step
+succeeded, so an invalid ``--resample`` leaves an earlier report intact.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import json
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from mmengine.config import DictAction
 
@@ -31,8 +42,16 @@ from mmimb.analysis.resampling import ResamplingEffect, format_effect, resamplin
 from mmimb.analysis.sources import DatasetSource, load_source
 from mmimb.analysis.summary import DEFAULT_MAX_REPEAT, format_summary, summarize_dataset
 from mmimb.evaluation.groups import GROUPINGS
-from mmimb.evaluation.long_tail import compare_table, format_table, load_result
-from mmimb.stats import LVIS_COMMON_MAX, LVIS_RARE_MAX
+from mmimb.evaluation.long_tail import LongTailResult, compare_table, format_table
+from mmimb.stats import GROUP_NAMES, LVIS_COMMON_MAX, LVIS_RARE_MAX
+
+#: What ``results`` reads of a report: top-level keys and their types, then the keys of
+#: ``overall``, of each group and of each class row.
+_REPORT_KEYS: dict[str, type] = {"overall": dict, "groups": dict, "classes": list,
+                                 "count_by": str}
+_OVERALL_KEYS: tuple[str, ...] = ("mAP", "mAP_50")
+_GROUP_KEYS: tuple[str, ...] = ("AP", "AP50", "num_classes")
+_CLASS_KEYS: tuple[str, ...] = ("name", "group", "train_count", "AP", "AP50", "AR")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -56,7 +75,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                              "imbalance ratio)")
     parser.add_argument("--resample", nargs="+", action=DictAction,
                         help="a sampler or wrapper config, e.g. type=RepeatFactorSampler "
-                             "oversample_thr=auto (auto: the recommended threshold)")
+                             "oversample_thr=auto (auto: the recommended threshold); a dict "
+                             "entry by entry: type=UndersampleSampler "
+                             "sampling_strategy.RBC=100 sampling_strategy.WBC=50")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="overrides of the config, key=value pairs")
     parser.add_argument("--name", help="name of the dataset in the report (default: the path)")
@@ -79,11 +100,43 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
-def _effects(source: DatasetSource, extra: dict | None,
+def resample_spec(pairs: dict[str, Any], classes: Sequence[str] = ()) -> dict[str, Any]:
+    """The config dict of ``--resample`` pairs; ``key.sub=value`` sets ``spec[key][sub]``.
+
+    Args:
+        pairs: ``key=value`` pairs as parsed by mmengine's ``DictAction``.
+        classes: the dataset's class names; a sub-key of digits that is not one of them is a
+            class index (the keys of a ``sampling_strategy`` dict are names or indices).
+
+    Raises:
+        ValueError: naming the key, if a value is written as a ``{...}`` literal (which
+            ``DictAction`` cannot parse), or a key is given both whole and entry by entry.
+    """
+    spec: dict[str, Any] = {}
+    for key, value in pairs.items():
+        first = value[0] if isinstance(value, list | tuple) and value else value
+        if isinstance(first, str) and first.lstrip().startswith("{"):
+            raise ValueError(f"--resample {key}={value!r}: a dict is given entry by entry, e.g. "
+                             f"{key}.CLASS=N for each class (CLASS a name or an index)")
+        head, _, sub = key.partition(".")
+        if not sub:
+            if isinstance(spec.get(head), dict):
+                raise ValueError(f"--resample gives {head!r} both whole and entry by entry")
+            spec[head] = value
+            continue
+        if head in spec and not isinstance(spec[head], dict):
+            raise ValueError(f"--resample gives {head!r} both whole ({spec[head]!r}) and entry "
+                             f"by entry ({key}={value!r})")
+        index = sub.isdigit() and sub not in classes
+        spec.setdefault(head, {})[int(sub) if index else sub] = value
+    return spec
+
+
+def _effects(source: DatasetSource, extra: dict[str, Any] | None,
              recommended_thr: float) -> list[ResamplingEffect]:
     specs = list(source.resampling)
     if extra:
-        spec = dict(extra)
+        spec = resample_spec(extra, source.stats.classes)
         if spec.get("oversample_thr") == "auto":
             spec["oversample_thr"] = recommended_thr
         specs.append(spec)
@@ -93,6 +146,31 @@ def _effects(source: DatasetSource, extra: dict | None,
         raise ValueError(f"{source.name} has per-class counts only: the effect of re-sampling "
                          "needs per-image labels (a COCO / LVIS json, a VOC folder or a config)")
     return [resampling_effect(spec, source.image_labels, source.stats) for spec in specs]
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder inside ``out_dir`` whose files move into ``out_dir`` on success.
+
+    Outputs are all or nothing: if the block raises, the temporary folder is deleted, files
+    already in ``out_dir`` stay as they were, and ``out_dir`` itself is removed again when this
+    call created it and it is still empty.
+    """
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mmimb-analyze-") as tmp:
+            yield Path(tmp)
+            for path in sorted(Path(tmp).rglob("*")):
+                if path.is_file():  # renames within one file system: nothing is copied
+                    target = out_dir / path.relative_to(tmp)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, target)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
 
 def _write_effect(effect: ResamplingEffect, source: DatasetSource, path: Path) -> None:
@@ -108,7 +186,11 @@ def _write_effect(effect: ResamplingEffect, source: DatasetSource, path: Path) -
 
 
 def run_dataset(args: argparse.Namespace) -> str:
-    """Analyse a training set; print and write the report. Returns the printed text."""
+    """Analyse a training set; print and write the report. Returns the printed text.
+
+    Everything is computed before anything is written, and written all or nothing
+    (:func:`staged_outputs`).
+    """
     from mmimb.analysis.plots import plot_long_tail, plot_resampling
     from mmimb.analysis.summary import write_summary
 
@@ -120,35 +202,85 @@ def run_dataset(args: argparse.Namespace) -> str:
         args.common_max, args.quantiles, source.frequency, args.max_repeat, args.beta_ratio,
         source.image_labels, notes)
     max_rows = args.max_rows or None
-    text = format_summary(summary, max_rows)
+    effects = _effects(source, args.resample, summary.repeat.value)
+    text = "\n\n".join([format_summary(summary, max_rows),
+                        *(format_effect(effect, source.stats, max_rows) for effect in effects)])
     out, prefix = Path(args.out_dir), args.prefix
-    written = [*write_summary(summary, out, f"{prefix}class_stats"),
-               plot_long_tail(summary, out / f"{prefix}long_tail.png")]
-    for i, effect in enumerate(_effects(source, args.resample, summary.repeat.value)):
-        text += "\n\n" + format_effect(effect, source.stats, max_rows)
-        _write_effect(effect, source, out / f"{prefix}resampling_{i}.csv")
-        written += [out / f"{prefix}resampling_{i}.csv",
-                    plot_resampling(source.stats, effect, out / f"{prefix}resampling_{i}.png")]
-    (out / f"{prefix}class_stats.md").write_text(text + "\n")
-    written.append(out / f"{prefix}class_stats.md")
+    with staged_outputs(out) as tmp:
+        written = [*write_summary(summary, tmp, f"{prefix}class_stats"),
+                   plot_long_tail(summary, tmp / f"{prefix}long_tail.png")]
+        for i, effect in enumerate(effects):
+            _write_effect(effect, source, tmp / f"{prefix}resampling_{i}.csv")
+            written += [tmp / f"{prefix}resampling_{i}.csv",
+                        plot_resampling(source.stats, effect, tmp / f"{prefix}resampling_{i}.png")]
+        (tmp / f"{prefix}class_stats.md").write_text(text + "\n")
+        written.append(tmp / f"{prefix}class_stats.md")
+        written = [out / path.relative_to(tmp) for path in written]
     print(text)
     print("\nwritten: " + ", ".join(str(p) for p in written))
     return text
 
 
+def load_report(path: str | Path) -> LongTailResult:
+    """Read a :class:`~mmimb.evaluation.LongTailMetric` report, checking what ``results`` uses.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming the file and the missing or mistyped element, if it is not JSON or
+            not such a report (another json, a report of other keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report {str(path)!r} does not exist")
+    what = f"{path} is not a LongTailMetric report (the long_tail.json it writes)"
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what}: not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: it holds a {type(data).__name__}, not an object")
+    for key, kind in _REPORT_KEYS.items():
+        if not isinstance(data.get(key), kind):
+            found = "no key" if key not in data else f"a {type(data[key]).__name__} as"
+            raise ValueError(f"{what}: {found} {key!r} (a {kind.__name__} expected; its keys: "
+                             f"{sorted(data)[:8]})")
+    groups = {name: data["groups"].get(name) for name in GROUP_NAMES}
+    parts = [("overall", data["overall"], _OVERALL_KEYS),
+             *((f"groups[{name!r}]", g, _GROUP_KEYS) for name, g in groups.items()),
+             *((f"classes[{i}]", row, _CLASS_KEYS) for i, row in enumerate(data["classes"]))]
+    for where, part, keys in parts:
+        if not isinstance(part, dict):
+            raise ValueError(f"{what}: {where} is {'missing' if part is None else part!r}, "
+                             f"not an object with {list(keys)}")
+        missing = [k for k in keys if k not in part]
+        if missing:
+            raise ValueError(f"{what}: {where} has no {missing}")
+    bad = sorted({row["group"] for row in data["classes"]} - set(GROUP_NAMES))
+    if bad:
+        raise ValueError(f"{what}: class groups {bad}; groups are {list(GROUP_NAMES)}")
+    return LongTailResult.from_dict(data)
+
+
 def run_results(args: argparse.Namespace) -> str:
-    """Plot a metric report (and its difference to a baseline). Returns the printed text."""
+    """Plot a metric report (and its difference to a baseline). Returns the printed text.
+
+    Both reports are read and checked before anything is written; outputs are all or nothing.
+    """
     from mmimb.analysis.plots import plot_ap_difference, plot_ap_vs_frequency
 
-    result = load_result(args.result)
-    out, prefix = Path(args.out_dir), args.prefix
-    written = [plot_ap_vs_frequency(result, out / f"{prefix}ap_vs_frequency.png")]
+    result = load_report(args.result)
+    baseline = load_report(args.baseline) if args.baseline else None
     text = format_table(result)
-    if args.baseline:
-        baseline = load_result(args.baseline)
-        written.append(plot_ap_difference(baseline, result, out / f"{prefix}ap_difference.png",
-                                          tuple(args.labels)))
+    if baseline is not None:
         text += "\n\n" + compare_table({args.labels[0]: baseline, args.labels[1]: result})
+    out, prefix = Path(args.out_dir), args.prefix
+    with staged_outputs(out) as tmp:
+        written = [plot_ap_vs_frequency(result, tmp / f"{prefix}ap_vs_frequency.png")]
+        if baseline is not None:
+            written.append(plot_ap_difference(baseline, result,
+                                              tmp / f"{prefix}ap_difference.png",
+                                              tuple(args.labels)))
+        written = [out / path.relative_to(tmp) for path in written]
     print(text)
     print("\nwritten: " + ", ".join(str(p) for p in written))
     return text
@@ -169,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run_dataset(args) if args.command == "dataset" else run_results(args)
-    except (ValueError, FileNotFoundError) as err:
+    # The documented errors of bad input (TypeError: a setting of the wrong type, OSError: a
+    # file that cannot be read or written); anything else is a bug and keeps its traceback.
+    except (ValueError, TypeError, OSError) as err:
         print(f"mmimb-analyze: error: {err}", file=sys.stderr)
         return 1
     return 0

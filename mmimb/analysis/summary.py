@@ -251,8 +251,14 @@ def summarize_dataset(stats: ClassStats, name: str = "dataset", count_by: str = 
         notes: remarks to carry into the report.
 
     Raises:
-        ValueError: on invalid arguments.
+        ValueError: on invalid arguments, or if the training set has no box at all (its
+            annotation list is empty, or holds no class of the class list).
     """
+    if not stats.instance_counts.any():
+        raise ValueError(
+            f"{name}: no boxes in its {stats.num_images} images ({stats.num_classes} classes): "
+            "there is no class distribution to analyse; check that the annotation file has "
+            "annotations, that the split is the right one and that the class names match")
     counts = stats.counts(count_by)
     grouping = assign_groups(counts, group_by, rare_max, common_max, quantiles, frequency)
     cb = recommend_cb_beta(stats.instance_counts, beta_ratio)

@@ -8,6 +8,7 @@ keeps them, and are counted and reported in :class:`~mmimb.evaluation.Annotation
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
@@ -56,20 +57,44 @@ def voc_splits(root: str | Path) -> list[str]:
                   if "_" not in p.stem)  # skip the per-class files, e.g. aeroplane_train.txt
 
 
+#: The coordinates of a VOC ``<bndbox>``, in box order.
+BOX_KEYS: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax")
+
+
 def _objects(xml_path: Path) -> list[tuple[str, bool, tuple[float, float, float, float]]]:
-    """``(name, difficult, (xmin, ymin, xmax, ymax))`` of every object of one file."""
-    root = ET.parse(xml_path).getroot()
+    """``(name, difficult, (xmin, ymin, xmax, ymax))`` of every object of one file.
+
+    Raises:
+        ValueError: naming the file (and the object, counted from 1), if the file is not
+            well-formed XML, or an ``<object>`` lacks ``<name>`` or ``<bndbox>``, or a box lacks
+            a coordinate or has one that is not a finite number (mmdet's ``VOCDataset`` fails
+            on those too, with an ``AttributeError``).
+    """
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{xml_path}: not well-formed XML ({err}); fix or remove the file, or "
+                         "leave its image out of the split") from None
     out = []
-    for obj in root.iter("object"):
+    for number, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         box = obj.find("bndbox")
         if not name or box is None:
-            raise ValueError(f"{xml_path}: an <object> without <name> or <bndbox>")
-        try:
-            coords = tuple(float(box.findtext(k) or "nan")
-                           for k in ("xmin", "ymin", "xmax", "ymax"))
-        except ValueError as err:
-            raise ValueError(f"{xml_path}: object {name!r} has a non-numeric box ({err})") from err
+            missing = "<name>" if not name else "<bndbox>"
+            raise ValueError(f"{xml_path}: <object> number {number} ({name or 'no name'}) has "
+                             f"no {missing}")
+        coords = []
+        for key in BOX_KEYS:
+            text = (box.findtext(key) or "").strip()
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not math.isfinite(value):
+                what = f"a non-numeric <{key}> {text!r}" if text else f"no <{key}>"
+                raise ValueError(f"{xml_path}: <object> number {number} ({name!r}) has {what} "
+                                 f"in its <bndbox>; a box needs finite {', '.join(BOX_KEYS)}")
+            coords.append(value)
         out.append((name, (obj.findtext("difficult") or "0").strip() == "1",
                     (coords[0], coords[1], coords[2], coords[3])))
     return out
@@ -94,7 +119,8 @@ def read_voc(root: str | Path, split: str | None = "trainval",
     Raises:
         FileNotFoundError: if the folder, the split file or an annotation file is missing.
         ValueError: on a repeated image id in the split, an object of a class not in
-            ``classes``, or a malformed object.
+            ``classes``, a file that is not well-formed XML, or a malformed object (each
+            naming the file).
     """
     root = Path(root)
     if not is_voc_folder(root):

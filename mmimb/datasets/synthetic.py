@@ -9,10 +9,17 @@ classes are the solid shapes; the rare ones are the same shapes with another tex
 rare class is confusable with a frequent one and imbalance matters. The validation split is
 balanced, with ``val_per_class`` instances of every class, so every class's AP is measurable.
 
+With ``with_masks=True`` every annotation also carries its instance mask, the exact set of
+pixels the shape was drawn on, as compressed COCO RLE (``segmentation: {size, counts}``,
+:mod:`pycocotools.mask`). Objects never overlap, so the mask is the visible object. The images,
+boxes and ``area`` (the box's, as without masks) are byte-identical with and without masks; the
+masks cost no random draws. mmdet reads RLE with ``LoadAnnotations(with_mask=True)`` and its
+default ``poly2mask=True`` (``poly2mask=False`` accepts polygons only and would ignore them).
+
 Layout written under ``root``::
 
     root/meta.json                 generation arguments (the cache key)
-    root/annotations/train.json    COCO format
+    root/annotations/train.json    COCO format (with ``segmentation`` RLE when with_masks)
     root/annotations/val.json
     root/train/*.png, root/val/*.png
 """
@@ -30,6 +37,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "hexagon")
 TEXTURES: tuple[str, ...] = ("solid", "striped", "checkered")
@@ -53,6 +61,7 @@ class SyntheticConfig:
         max_objects: most objects per image (at least 1).
         empty_fraction: fraction of extra training images without any object.
         seed: random seed.
+        with_masks: write every instance's mask (COCO RLE) beside its box.
     """
 
     num_classes: int = 12
@@ -65,6 +74,7 @@ class SyntheticConfig:
     max_objects: int = 4
     empty_fraction: float = 0.03
     seed: int = 0
+    with_masks: bool = False
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -87,6 +97,28 @@ class SyntheticConfig:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
         if not 0 <= self.empty_fraction < 1:
             raise ValueError(f"empty_fraction must be in [0, 1), got {self.empty_fraction}")
+        if not isinstance(self.with_masks, bool):
+            raise ValueError(f"with_masks must be True or False, got {self.with_masks!r}")
+
+
+def generation_args(cfg: SyntheticConfig) -> dict[str, Any]:
+    """The arguments stored in ``meta.json``: every field, ``with_masks`` only when True.
+
+    So a box-only dataset's ``meta.json`` (and the cache check against it) is what it was before
+    masks existed.
+    """
+    args = asdict(cfg)
+    if not cfg.with_masks:
+        del args["with_masks"]
+    return args
+
+
+def make_command(root: str | os.PathLike[str], cfg: SyntheticConfig) -> str:
+    """The ``tools/make_synthetic_data.py`` command that generates ``cfg`` under ``root``."""
+    default = SyntheticConfig()
+    flags = [f" --{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+             for k, v in asdict(cfg).items() if v != getattr(default, k)]
+    return MAKE_COMMAND.format(root=root) + "".join(flags)
 
 
 def class_names(num_classes: int) -> tuple[str, ...]:
@@ -165,6 +197,14 @@ def _place(boxes: list[tuple[int, int, int]], size: int, n: int,
     return None
 
 
+def _rle(mask: np.ndarray, x: int, y: int, image_size: int) -> dict[str, Any]:
+    """Compressed COCO RLE (json-ready) of ``mask`` placed at column ``x``, row ``y``."""
+    full = np.zeros((image_size, image_size), dtype=np.uint8, order="F")
+    full[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
+    rle = mask_utils.encode(full)
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def _render_split(cfg: SyntheticConfig, labels: np.ndarray, split: str, root: Path,
                   rng: np.random.Generator, num_empty: int) -> dict[str, Any]:
     """Pack ``labels`` (one entry per instance) into images and write them with their json."""
@@ -199,10 +239,12 @@ def _render_split(cfg: SyntheticConfig, labels: np.ndarray, split: str, root: Pa
             patch[mask] = colour[mask]
             ys, xs = np.nonzero(mask)
             x0, y0, x1, y1 = x + xs.min(), y + ys.min(), x + xs.max() + 1, y + ys.max() + 1
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
-                "area": int((x1 - x0) * (y1 - y0)), "iscrowd": 0})
+            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
+                   "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
+                   "area": int((x1 - x0) * (y1 - y0)), "iscrowd": 0}
+            if cfg.with_masks:
+                ann["segmentation"] = _rle(mask, x, y, cfg.image_size)
+            annotations.append(ann)
         file_name = f"{split}_{image_id:06d}.png"
         pixels = np.clip(canvas, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(root / split / file_name, optimize=False)
@@ -237,10 +279,10 @@ def generate(root: str | os.PathLike[str], cfg: SyntheticConfig | None = None,
     meta_path = root / "meta.json"
     if meta_path.exists():
         existing = json.loads(meta_path.read_text())
-        if existing != asdict(cfg):
+        if existing != generation_args(cfg):
             raise ValueError(
-                f"{root} holds a synthetic dataset generated with {existing}, not {asdict(cfg)}; "
-                "remove the folder or choose another root")
+                f"{root} holds a synthetic dataset generated with {existing}, not "
+                f"{generation_args(cfg)}; remove the folder or choose another root")
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -253,7 +295,7 @@ def generate(root: str | os.PathLike[str], cfg: SyntheticConfig | None = None,
         for split, labels, empty in (("train", train_labels, num_empty), ("val", val_labels, 0)):
             coco = _render_split(cfg, labels, split, tmp, rng, empty)
             (tmp / "annotations" / f"{split}.json").write_text(json.dumps(coco))
-        (tmp / "meta.json").write_text(json.dumps(asdict(cfg), indent=1))
+        (tmp / "meta.json").write_text(json.dumps(generation_args(cfg), indent=1))
         try:
             os.rename(tmp, root)
         except OSError:  # another process finished first: keep its identical copy

@@ -8,7 +8,7 @@ from typing import Any
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
-from mmimb.datasets.synthetic import MAKE_COMMAND, SyntheticConfig, class_names, generate
+from mmimb.datasets.synthetic import SyntheticConfig, class_names, generate, make_command
 
 
 @DATASETS.register_module()
@@ -21,7 +21,9 @@ class SyntheticLongTailDataset(CocoDataset):
     Args:
         data_root: folder of the generated dataset.
         split: ``'train'`` or ``'val'``.
-        synthetic: arguments of :class:`~mmimb.datasets.synthetic.SyntheticConfig`.
+        synthetic: arguments of :class:`~mmimb.datasets.synthetic.SyntheticConfig`;
+            ``with_masks=True`` adds instance masks (RLE), read by
+            ``LoadAnnotations(with_mask=True)``.
         generate_if_missing: generate the data when ``data_root`` holds none; when False a
             missing folder raises ``FileNotFoundError`` naming the command that creates it.
         **kwargs: passed to ``CocoDataset`` (``pipeline``, ``filter_cfg``, ``test_mode`` ...).
@@ -43,6 +45,6 @@ class SyntheticLongTailDataset(CocoDataset):
             if not self.generate_if_missing:
                 raise FileNotFoundError(
                     f"no synthetic dataset in {self.data_root!r}; create it with "
-                    f"`{MAKE_COMMAND.format(root=self.data_root)}`")
+                    f"`{make_command(self.data_root, self.synthetic)}`")
             generate(self.data_root, self.synthetic)
         return super().load_data_list()

@@ -5,7 +5,8 @@ wrapper, for pipelines that need a dataset rather than a sampler: under mmdet's
 ``MultiImageMixDataset`` (Mosaic/MixUp then draw their extra images with the same factors), or
 inside a ``ConcatDataset``. It is a drop-in for mmengine's ``ClassBalancedDataset``
 (``type='RepeatFactorDataset', oversample_thr=...``) whose repeat counts are exact in
-expectation and redrawn every epoch instead of rounded up once.
+expectation and redrawn every epoch instead of rounded up once; ``rounding='ceil',
+include_ignored=True`` gives mmengine's table exactly.
 
 How the per-epoch redraw works
 ------------------------------
@@ -44,6 +45,8 @@ from mmengine.hooks import Hook
 from mmengine.runner import IterBasedTrainLoop
 
 from mmimb.samplers._common import (
+    INCLUDE_IGNORED_DEFAULT,
+    check_bool,
     check_epoch,
     check_rounding,
     epoch_rng,
@@ -72,7 +75,8 @@ class RepeatFactorDataset:
       integer part always and its fraction with that probability. The table is redrawn when the
       epoch changes (see the module docstring and :class:`DatasetEpochHook`).
     - ``'ceil'``: ``ceil(r_i)`` slots per image, the same table as mmengine's
-      ``ClassBalancedDataset``; ``'floor'``, ``'round'``: likewise. These never change.
+      ``ClassBalancedDataset`` when ``include_ignored=True`` (mmengine counts crowd boxes);
+      ``'floor'``, ``'round'``: likewise. These never change.
 
     The table holds the slots image by image (``[0, 0, 1, 2, 2, 2, ...]``); shuffling is the
     sampler's job. ``get_data_info`` and ``get_cat_ids`` answer for the image in a slot, as
@@ -92,6 +96,10 @@ class RepeatFactorDataset:
         reduce: image factor from its classes' factors, ``'max'`` or ``'mean'``.
         rounding: ``'stochastic'``, ``'ceil'``, ``'floor'`` or ``'round'``.
         seed: seed of the stochastic draws; ``None`` draws one and broadcasts it from rank 0.
+        include_ignored: also count boxes whose ``ignore_flag`` is set (the crowd boxes that
+            mmdet's ``CocoDataset`` keeps with ``ignore_flag=1``) in the class frequencies and
+            image factors. ``False`` (default): only the boxes that the losses train on count.
+            ``True``: as mmengine's ``ClassBalancedDataset`` (``get_cat_ids`` lists them).
         lazy_init: load nothing until first use. A dataset given as a config is then built
             with ``lazy_init=True`` too, unless its config says otherwise.
 
@@ -103,8 +111,8 @@ class RepeatFactorDataset:
             :meth:`full_init`).
 
     Raises:
-        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside), at
-            construction.
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside), or
+            ``include_ignored`` is not a bool, at construction.
         ValueError: if ``oversample_thr`` is outside ``(0, 1]`` or a string other than
             ``'auto'``, ``power < 0``, ``by``, ``reduce`` or ``rounding`` is unknown (at
             construction), or the dataset is empty (when loaded).
@@ -112,9 +120,11 @@ class RepeatFactorDataset:
 
     def __init__(self, dataset: Any, oversample_thr: float | str = 1e-3, power: float = 0.5,
                  by: str = "image", reduce: str = "max", rounding: str = "stochastic",
-                 seed: int | None = None, lazy_init: bool = False) -> None:
+                 seed: int | None = None, include_ignored: bool = INCLUDE_IGNORED_DEFAULT,
+                 lazy_init: bool = False) -> None:
         validate_repeat_factor_args(oversample_thr, power, by, reduce)
         self.rounding = check_rounding(rounding)
+        self.include_ignored = check_bool(include_ignored, "include_ignored")
         self.oversample_thr, self.power, self.by, self.reduce = oversample_thr, power, by, reduce
         if isinstance(dataset, dict):
             cfg = dict(dataset)
@@ -148,7 +158,8 @@ class RepeatFactorDataset:
         if hasattr(self.dataset, "full_init"):
             self.dataset.full_init()
         self.class_factors, self.repeat_factors, self.threshold = dataset_repeat_factors(
-            self.dataset, self.oversample_thr, self.power, self.by, self.reduce)
+            self.dataset, self.oversample_thr, self.power, self.by, self.reduce,
+            self.include_ignored)
         if self.rounding == "stochastic":
             self._length = int(np.floor(self.repeat_factors.sum() + 0.5))
         else:

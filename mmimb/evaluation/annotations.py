@@ -172,12 +172,16 @@ class TrainSource:
 
 
 def load_json(path: str | Path) -> Any:
-    """Load a json file, with a clear error if it is missing."""
+    """Load a json file, with a clear error if it is missing or not JSON."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {str(path)!r} does not exist")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"annotation file {str(path)!r} is not JSON ({err}); give a COCO/LVIS "
+                         "json or an LVIS category-info json") from err
 
 
 def stats_from_cat_info(data: Any, source: str = "category info",

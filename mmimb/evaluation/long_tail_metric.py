@@ -169,6 +169,45 @@ class LongTailMetric(CocoMetric):
         self._train = TrainSource(stats, None if frequency is None else tuple(frequency),
                                   "dataset", True, AnnotationIssues("training dataset"))
 
+    def check_setup(self, classes: Sequence[str], stats_hook: bool) -> None:
+        """Validate the training counts against the evaluated classes, before any inference.
+
+        Called by :class:`mmimb.hooks.SetupCheckHook` when the run starts, so that a wrong
+        setting fails in seconds instead of after the last iteration and the whole evaluation.
+
+        Args:
+            classes: the evaluated dataset's classes (``dataset_meta['classes']``).
+            stats_hook: whether the runner has a hook that sends the training statistics
+                (:class:`mmimb.hooks.ClassStatsHook`).
+
+        Raises:
+            ValueError: if explicit ``class_counts`` do not fit ``classes``; if
+                ``train_ann_file`` cannot be read or lacks a class; if ``class_counts='auto'``
+                and no hook will send the statistics.
+        """
+        if self.counts_from_dataset:
+            if not stats_hook:
+                raise ValueError(
+                    "class_counts='auto' waits for the training set's statistics, but the "
+                    "runner has no ClassStatsHook to send them: add "
+                    "custom_hooks=[dict(type='ClassStatsHook')] (mmimb's base runtime has it), "
+                    "or give train_ann_file or explicit class_counts")
+            return
+        if self._class_counts is not None:
+            try:
+                validate_counts(self._class_counts, len(classes), "class_counts")
+            except ValueError as err:
+                raise ValueError(f"{err}: give one training count >= 0 per evaluated class, "
+                                 f"in the order of {list(classes)[:10]}") from err
+            return
+        try:
+            source = self._train_source()
+            if source is not None and source.stats.classes:
+                self._train_index(source, classes)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"train_ann_file={self.train_ann_file!r}: {err}; give the "
+                             "training annotation of this dataset") from err
+
     def _check_gt(self, coco: COCO, source: str | None) -> AnnotationIssues:
         """Validate the evaluated ground truth and apply ``degenerate_gt``.
 

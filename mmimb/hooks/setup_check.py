@@ -14,6 +14,13 @@ runner once:
     ``ClassBalancedDataset``), or one such wrapper inside another. The repeats multiply
     (a rare image repeated 3 times by each is drawn about 9 times).
 
+- ``before_train`` and ``before_test``: asks every metric of the val (test) evaluator that
+  can (``check_setup``, e.g. :class:`~mmimb.evaluation.LongTailMetric`) to validate its
+  training counts against the evaluated classes, so that a mistyped ``train_ann_file``, a
+  training file of other classes, ``class_counts`` of the wrong length, or
+  ``class_counts='auto'`` with no :class:`~mmimb.hooks.ClassStatsHook` fail in seconds, not
+  after training and a full evaluation.
+
 - ``after_load_checkpoint``, with ``strict_checkpoint=True`` (``tools/test.py`` and
   ``tools/train.py --resume`` set it): refuses a checkpoint whose tensors differ in shape from
   the model's, naming the parameter, both shapes and the likely cause. mmengine loads such a
@@ -209,6 +216,34 @@ def mismatch_message(mismatches: Sequence[Mismatch], checkpoint: Mapping[str, An
             "load the other weights and keep random ones for these tensors)")
 
 
+def check_evaluator(loop: Any, hooks: Iterable[Any], name: str) -> None:
+    """Run ``check_setup`` of every metric of ``loop``'s evaluator that has one.
+
+    Args:
+        loop: a built val or test loop (``None`` when the run has none).
+        hooks: the runner's hooks.
+        name: the evaluator's config key, for messages (``'val_evaluator'``).
+
+    Raises:
+        ValueError: the metric's error, prefixed with the config key and the metric's type.
+    """
+    evaluator = getattr(loop, "evaluator", None)
+    metrics = [m for m in getattr(evaluator, "metrics", []) if callable(getattr(m, "check_setup",
+                                                                                None))]
+    if not metrics:
+        return
+    from mmimb.hooks.class_stats_hook import ClassStatsHook  # the hooks import each other
+    stats_hook = any(isinstance(h, ClassStatsHook) for h in hooks)
+    for metric in metrics:
+        classes = (metric.dataset_meta or {}).get("classes")
+        if classes is None:
+            continue
+        try:
+            metric.check_setup(tuple(classes), stats_hook)
+        except ValueError as err:
+            raise ValueError(f"{name} ({type(metric).__name__}): {err}") from err
+
+
 @HOOKS.register_module()
 class SetupCheckHook(Hook):
     """Warn about silent misconfigurations; refuse checkpoints that do not fit the model.
@@ -234,9 +269,15 @@ class SetupCheckHook(Hook):
         self.strict_checkpoint = strict_checkpoint
 
     def before_train(self, runner: Runner) -> None:
-        """Log each warning of :func:`training_setup_warnings` once."""
+        """Log each warning of :func:`training_setup_warnings` once; check the val metrics."""
         for message in training_setup_warnings(runner.train_dataloader, runner.hooks):
             runner.logger.warning(f"SetupCheckHook: {message}")
+        if runner.val_loop is not None:  # mmengine builds it before before_train
+            check_evaluator(runner.val_loop, runner.hooks, "val_evaluator")
+
+    def before_test(self, runner: Runner) -> None:
+        """Check the test metrics' training counts before inference."""
+        check_evaluator(runner.test_loop, runner.hooks, "test_evaluator")
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         """Refuse a checkpoint of other shapes (``strict_checkpoint``), before it is loaded."""

@@ -103,13 +103,25 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & _SEED_MASK, check_epoch(epoch)]))
 
 
-def read_image_labels(dataset: Any) -> ImageLabels:
+#: Whether samplers and wrappers count boxes with ``ignore_flag`` set (COCO crowd boxes) by
+#: default: no, as mmdet's losses never see them. ``include_ignored=True`` counts them, as
+#: mmengine's ``ClassBalancedDataset`` and mmdet's ``ClassAwareSampler`` do (``get_cat_ids``).
+INCLUDE_IGNORED_DEFAULT = False
+
+
+def read_image_labels(dataset: Any, include_ignored: bool = INCLUDE_IGNORED_DEFAULT
+                      ) -> ImageLabels:
     """Labels of every image of ``dataset``, read once through :mod:`mmimb.stats`.
+
+    Args:
+        dataset: the dataset.
+        include_ignored: also count boxes whose ``ignore_flag`` is set (mmdet's crowd boxes),
+            see :data:`INCLUDE_IGNORED_DEFAULT`.
 
     Raises:
         ValueError: if the dataset has no image.
     """
-    labels = image_labels_from_dataset(dataset)
+    labels = image_labels_from_dataset(dataset, include_ignored=include_ignored)
     if labels.num_images == 0:
         raise ValueError(f"dataset is empty: {type(dataset).__name__} has no images to sample")
     return labels

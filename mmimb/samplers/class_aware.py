@@ -12,7 +12,9 @@ import numpy as np
 from mmdet.registry import DATA_SAMPLERS
 
 from mmimb.samplers._common import (
+    INCLUDE_IGNORED_DEFAULT,
     ResamplingSampler,
+    check_bool,
     read_image_labels,
     repeat_indices,
     round_factors,
@@ -49,22 +51,29 @@ class ClassAwarePowerSampler(ResamplingSampler):
         seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
         shuffle: shuffle each epoch.
         infinite: go through epochs without end (iteration-based training).
+        include_ignored: also count boxes whose ``ignore_flag`` is set (crowd boxes) in the
+            class frequencies and image weights; ``False`` (default) counts only the boxes the
+            losses train on, ``True`` counts what ``get_cat_ids`` lists, as mmdet's
+            ``ClassAwareSampler`` does.
 
     Attributes:
         weights: ``float64[N]`` sampling weight ``w_i`` of every image, ``P(i) = w_i / sum(w)``.
 
     Raises:
+        TypeError: if ``shuffle``, ``infinite`` or ``include_ignored`` is not a bool.
         ValueError: if ``power < 0``, ``num_samples < 1``, ``by`` or ``reduce`` is unknown, or
             the dataset is empty.
     """
 
     def __init__(self, dataset: Sized, power: float = 1.0, by: str = "image",
                  reduce: str = "max", num_samples: int | None = None, seed: int | None = None,
-                 shuffle: bool = True, infinite: bool = False) -> None:
+                 shuffle: bool = True, infinite: bool = False,
+                 include_ignored: bool = INCLUDE_IGNORED_DEFAULT) -> None:
         if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
             raise ValueError(f"num_samples must be an int >= 1 or None, got {num_samples!r}")
+        self.include_ignored = check_bool(include_ignored, "include_ignored")
         super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
-        labels = read_image_labels(dataset)
+        labels = read_image_labels(dataset, self.include_ignored)
         self.weights = class_aware_weights(labels, power, by, reduce)
         self.num_samples = labels.num_images if num_samples is None else num_samples
 

@@ -18,7 +18,9 @@ import numpy as np
 from mmdet.registry import DATA_SAMPLERS
 
 from mmimb.samplers._common import (
+    INCLUDE_IGNORED_DEFAULT,
     ResamplingSampler,
+    check_bool,
     check_rounding,
     read_image_labels,
     repeat_indices,
@@ -66,7 +68,8 @@ def resolve_oversample_thr(oversample_thr: float | str, stats: ClassStats,
 
 
 def dataset_repeat_factors(dataset: Any, oversample_thr: float | str, power: float = 0.5,
-                           by: str = "image", reduce: str = "max"
+                           by: str = "image", reduce: str = "max",
+                           include_ignored: bool = INCLUDE_IGNORED_DEFAULT,
                            ) -> tuple[np.ndarray, np.ndarray, float]:
     """Class and image repeat factors of a dataset, reading its labels once.
 
@@ -78,17 +81,21 @@ def dataset_repeat_factors(dataset: Any, oversample_thr: float | str, power: flo
         power: exponent ``p >= 0``.
         by: class frequency over ``'image'`` or ``'instance'``.
         reduce: image factor from its classes', ``'max'`` or ``'mean'``.
+        include_ignored: also count boxes whose ``ignore_flag`` is set (crowd boxes), as
+            mmengine's ``ClassBalancedDataset`` does; by default they are left out, as mmdet's
+            losses leave them out.
 
     Returns:
         ``(class_factors float64[C], image_factors float64[N], t)``, ``t`` the threshold used
         (the number ``'auto'`` chose).
 
     Raises:
-        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside).
+        TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside), or
+            ``include_ignored`` is not a bool.
         ValueError: on invalid arguments, naming them, or an empty dataset.
     """
     validate_repeat_factor_args(oversample_thr, power, by, reduce)
-    labels = read_image_labels(dataset)
+    labels = read_image_labels(dataset, check_bool(include_ignored, "include_ignored"))
     stats = ClassStats.from_image_labels(labels)
     threshold = resolve_oversample_thr(oversample_thr, stats, power)
     class_factors = class_repeat_factors(stats, threshold, power, by)
@@ -102,8 +109,9 @@ class RepeatFactorSampler(ResamplingSampler):
     With ``rounding='stochastic'`` (the default), image ``i`` is drawn
     ``floor(r_i) + Bernoulli(r_i - floor(r_i))`` times, redrawn every epoch from
     ``(seed, epoch)``: over epochs every image is seen exactly ``r_i`` times per epoch on
-    average, and the expected epoch length is ``sum_i r_i``. ``'ceil'`` reproduces the repeat
-    counts of mmengine's ``ClassBalancedDataset`` (epochs longer than intended);
+    average, and the expected epoch length is ``sum_i r_i``. ``'ceil'`` with
+    ``include_ignored=True`` reproduces the repeat counts of mmengine's ``ClassBalancedDataset``
+    exactly (epochs longer than intended; mmengine counts crowd boxes, see ``include_ignored``);
     ``'floor'`` and ``'round'`` are deterministic too. The epoch is shuffled and split across
     ranks as described in :class:`~mmimb.samplers._common.ResamplingSampler`.
 
@@ -126,6 +134,10 @@ class RepeatFactorSampler(ResamplingSampler):
         rounding: ``'stochastic'``, ``'ceil'``, ``'floor'`` or ``'round'``.
         seed: the shared seed; ``None`` draws one and broadcasts it from rank 0.
         shuffle: shuffle each epoch.
+        include_ignored: also count boxes whose ``ignore_flag`` is set (the crowd boxes that
+            mmdet's ``CocoDataset`` keeps with ``ignore_flag=1``) in the class frequencies and
+            image factors. ``False`` (default): only the boxes that the losses train on count.
+            ``True``: as mmengine's ``ClassBalancedDataset`` (``get_cat_ids`` lists them).
         infinite: go through epochs without end; only for ``IterBasedTrainLoop`` (with
             ``EpochBasedTrainLoop`` the first epoch would never end, so that combination is
             refused, see :class:`~mmimb.samplers._common.ResamplingSampler`).
@@ -137,7 +149,7 @@ class RepeatFactorSampler(ResamplingSampler):
 
     Raises:
         TypeError: if ``oversample_thr`` or ``power`` is not a number (``'auto'`` aside), or
-            ``shuffle``/``infinite`` is not a bool.
+            ``shuffle``/``infinite``/``include_ignored`` is not a bool.
         ValueError: if ``oversample_thr`` is outside ``(0, 1]`` or a string other than
             ``'auto'``, ``power < 0``, ``by``, ``reduce`` or ``rounding`` is unknown, the
             dataset is empty, or ``infinite=True`` is built by an ``EpochBasedTrainLoop``.
@@ -145,11 +157,13 @@ class RepeatFactorSampler(ResamplingSampler):
 
     def __init__(self, dataset: Sized, oversample_thr: float | str = 1e-3, power: float = 0.5,
                  by: str = "image", reduce: str = "max", rounding: str = "stochastic",
-                 seed: int | None = None, shuffle: bool = True, infinite: bool = False) -> None:
+                 seed: int | None = None, shuffle: bool = True, infinite: bool = False,
+                 include_ignored: bool = INCLUDE_IGNORED_DEFAULT) -> None:
         self.rounding = check_rounding(rounding)
+        self.include_ignored = check_bool(include_ignored, "include_ignored")
         super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
         self.class_factors, self.repeat_factors, self.threshold = dataset_repeat_factors(
-            dataset, oversample_thr, power, by, reduce)
+            dataset, oversample_thr, power, by, reduce, self.include_ignored)
 
     @property
     def expected_length(self) -> float:

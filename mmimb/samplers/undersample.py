@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 from mmdet.registry import DATA_SAMPLERS
 
-from mmimb.samplers._common import ResamplingSampler, check_bool, epoch_rng, read_image_labels
+from mmimb.samplers._common import (
+    INCLUDE_IGNORED_DEFAULT,
+    ResamplingSampler,
+    check_bool,
+    epoch_rng,
+    read_image_labels,
+)
 from mmimb.stats import ClassStats, ImageLabels, undersampling_targets
 
 
@@ -106,6 +112,9 @@ class UndersampleSampler(ResamplingSampler):
         infinite: go through epochs without end (iteration-based training).
         redraw: draw a new subset every epoch (default); ``False`` keeps the subset of epoch 0
             for good and only reshuffles it.
+        include_ignored: also count boxes whose ``ignore_flag`` is set (crowd boxes): an image
+            then counts for the classes of its crowd boxes too, in the counts, the targets and
+            the draw. ``False`` (default): only the boxes the losses train on.
 
     Attributes:
         targets: ``int64[C]`` target images per class; classes with ``targets < image_counts``
@@ -113,6 +122,8 @@ class UndersampleSampler(ResamplingSampler):
         stats: the dataset's :class:`~mmimb.stats.ClassStats`.
 
     Raises:
+        TypeError: if ``shuffle``, ``infinite``, ``redraw`` or ``include_ignored`` is not a
+            bool.
         ValueError: on an invalid ``sampling_strategy`` (one that names unknown classes or asks
             to increase a class included), invalid background arguments, an empty dataset, or
             arguments that leave no image to sample.
@@ -121,11 +132,12 @@ class UndersampleSampler(ResamplingSampler):
     def __init__(self, dataset: Sized, sampling_strategy: Any = "auto",
                  background_ratio: float | None = None, background_count: int | None = None,
                  seed: int | None = None, shuffle: bool = True, infinite: bool = False,
-                 redraw: bool = True) -> None:
+                 redraw: bool = True, include_ignored: bool = INCLUDE_IGNORED_DEFAULT) -> None:
+        self.include_ignored = check_bool(include_ignored, "include_ignored")
         super().__init__(dataset, seed=seed, shuffle=shuffle, infinite=infinite)
         self.redraw = check_bool(redraw, "redraw")
         self._fixed_subset: np.ndarray | None = None
-        labels = read_image_labels(dataset)
+        labels = read_image_labels(dataset, self.include_ignored)
         classes = tuple(getattr(dataset, "metainfo", {}).get("classes", ()))
         self.stats = ClassStats.from_image_labels(
             labels, classes if len(classes) == labels.num_classes else ())

@@ -43,12 +43,16 @@ from mmimb.transforms._common import (
 )
 from mmimb.transforms.crop_bank import (
     CropBank,
+    annotations_have_masks,
     check_freq_thr,
     crop_bank_from_dataset,
+    mix_crops,
 )
 
-#: How a crop without a mask is blended: ``'rect'`` opaque, ``'soft'`` with a feathered border.
-BLENDS: tuple[str, str] = ("rect", "soft")
+#: How a crop is blended: ``'rect'`` opaque, ``'soft'`` with a feathered border (both for crops
+#: without a mask; a crop with a mask is pasted through it), ``'mask'`` through its instance
+#: mask, which the training set must have.
+BLENDS: tuple[str, str, str] = ("rect", "soft", "mask")
 #: Width of the feathered border of a ``'soft'`` paste, as a fraction of the patch's shorter side.
 SOFT_EDGE = 0.15
 #: A pixel is covered by a patch (hides what is below, belongs to its mask) from this opacity on.
@@ -68,6 +72,8 @@ class Patch:
         tight: the pasted box is the bounding box of the covered pixels (masks) instead of the
             whole patch.
         opaque: every pixel has opacity 1 (computed from ``alpha`` when not given).
+        mix_weight: for a mixed instance (:func:`~mmimb.transforms.crop_bank.mix_crops`), the
+            weight ``lam`` of its first crop; ``None`` for a single crop.
     """
 
     pixels: np.ndarray
@@ -77,6 +83,7 @@ class Patch:
     label: int
     tight: bool = False
     opaque: bool | None = None
+    mix_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.opaque is None:
@@ -336,6 +343,16 @@ def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+def _check_mix_range(mix_range: Sequence[float]) -> tuple[float, float]:
+    if not (isinstance(mix_range, Sequence) and len(mix_range) == 2):
+        raise ValueError(f"mix_range must be (min, max) in [0, 1], got {mix_range!r}")
+    lo = check_unit_interval(mix_range[0], "mix_range[0]", "a weight")
+    hi = check_unit_interval(mix_range[1], "mix_range[1]", "a weight")
+    if lo > hi:
+        raise ValueError(f"mix_range must have min <= max, got {mix_range!r}")
+    return lo, hi
+
+
 def _positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -354,9 +371,34 @@ class RareClassCopyPaste(BaseTransform):
     ``s`` log-uniform in ``scale_range`` and a horizontal flip with ``flip_prob``. The crop is
     resized to ``s`` times its original size, times the image's ``scale_factor`` when an earlier
     ``Resize`` set one (so objects keep their dataset scale relative to the image), shrunk to fit
-    when larger than the image, placed uniformly at random so it lies inside the image, and
-    pasted (:func:`paste_patches`) through its instance mask when the bank has masks, else as a
+    when larger than the image (both sides by one factor, so its aspect ratio is kept to a
+    pixel), placed uniformly at random so it lies inside the image, and pasted
+    (:func:`paste_patches`) through its instance mask when the bank has masks, else as a
     rectangle (``blend='rect'``) or with a feathered border (``blend='soft'``).
+
+    Blends: ``'rect'`` and ``'soft'`` are for box-only crops; ``'mask'`` requires instance masks
+    (the training set's annotations must have them, e.g. COCO ``segmentation``, or
+    ``synthetic=dict(with_masks=True)`` for the synthetic set) and pastes only the object's
+    pixels; its pasted box is the bounding box of the pasted mask. With masks in the annotations
+    and ``use_masks='auto'``, every blend pastes through the masks; ``use_masks=False`` gives a
+    rectangle or soft paste of the same data (the ablation of the mask).
+
+    Instance mixing: with probability ``mix_prob`` a pasted object is a new instance blended
+    from two crops of its class (:func:`~mmimb.transforms.crop_bank.mix_crops`, the
+    image-space analogue of SMOTE): the drawn crop ``a`` and another crop ``b`` of the class
+    drawn uniformly, ``b`` resized to ``a``'s size, with the weight ``lam`` of ``a`` drawn
+    uniformly in ``mix_range`` for each paste. The mixed instance keeps the class (both crops
+    have it) and is then scaled, flipped and pasted like any crop. Its box is ``a``'s paste box
+    (the whole patch) for box-only crops, the bounding box of the union of both masks (the mixed
+    extent) with masks. A class with a single crop is pasted unmixed. ``mix_prob=0`` draws
+    nothing more, so it reproduces the augmentation of a transform without mixing.
+
+    Bad input: a degenerate box (a side ``<= 0``) is never a crop, and in the image it is kept
+    unchanged (it covers no pixel, so no paste hides it). The image must have 3 channels
+    (``H x W x 3``): a grayscale (``H x W`` or ``H x W x 1``) or 4-channel image raises
+    ``ValueError`` naming ``LoadImageFromFile(color_type='color')``, which converts both (the
+    bank always reads its crops that way, so grayscale or RGBA source files give 3-channel
+    crops).
 
     The crops are 8-bit (``uint8``), as ``LoadImageFromFile`` reads images by default, and are
     pasted into 8-bit images, or float images on the same 0-255 scale; an integer image of
@@ -366,7 +408,8 @@ class RareClassCopyPaste(BaseTransform):
     optional ``gt_ignore_flags``, ``gt_masks`` (``BitmapMasks`` or ``PolygonMasks``),
     ``scale_factor``.
     Modified keys: ``img``, ``gt_bboxes``, ``gt_bboxes_labels``, ``gt_ignore_flags``, ``gt_masks``
-    (becomes ``BitmapMasks``). Added key: ``num_pasted`` (objects pasted and kept).
+    (becomes ``BitmapMasks``; without ``gt_masks`` in ``results`` the pasted masks are dropped
+    and only the boxes are added). Added key: ``num_pasted`` (objects pasted and kept).
     ``img_shape`` does not change; ``gt_seg_map`` is not updated.
 
     Args:
@@ -379,9 +422,11 @@ class RareClassCopyPaste(BaseTransform):
         prob: probability of pasting into an image at all.
         scale_range: ``(min, max)`` of the scale jitter ``s``.
         flip_prob: probability of flipping a crop horizontally.
-        blend: ``'rect'`` or ``'soft'``, for crops without mask.
+        blend: ``'rect'`` or ``'soft'`` for crops without mask, or ``'mask'`` (masks required).
         use_masks: crop instance masks (``True``), boxes only (``False``), or masks when the
-            annotations have them (``'auto'``).
+            annotations have them (``'auto'``); ``blend='mask'`` needs ``True`` or ``'auto'``.
+        mix_prob: probability that a pasted object is a mix of two crops of its class.
+        mix_range: ``(min, max)`` in ``[0, 1]`` of the weight ``lam`` of the first crop.
         occlusion_thr: fraction of an object's region that may be hidden before it is removed.
         clip_boxes: shrink partly hidden boxes to their visible part.
         max_crops_per_class: most crops per class in the bank.
@@ -395,7 +440,8 @@ class RareClassCopyPaste(BaseTransform):
     Raises:
         ValueError: naming the argument: at construction for invalid values (``k < 0``, a
             probability outside ``[0, 1]`` ...); when the bank is built for unknown class
-            names, a choice of no class, or an empty bank.
+            names, a choice of no class, an empty bank, or ``blend='mask'`` on annotations
+            without masks.
     """
 
     def __init__(self, dataset: Any, classes: Sequence[str] | None = None,
@@ -403,6 +449,7 @@ class RareClassCopyPaste(BaseTransform):
                  num_objects: int | Sequence[int] = (1, 3), prob: float = 1.0,
                  scale_range: Sequence[float] = (0.8, 1.25), flip_prob: float = 0.5,
                  blend: str = "soft", use_masks: bool | str = "auto",
+                 mix_prob: float = 0.0, mix_range: Sequence[float] = (0.3, 0.7),
                  occlusion_thr: float = 0.7, clip_boxes: bool = True,
                  max_crops_per_class: int = 50, min_crop_size: float = 4,
                  max_crop_side: int = 256, seed: int = 0, lazy_init: bool = True,
@@ -417,6 +464,10 @@ class RareClassCopyPaste(BaseTransform):
             raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
         if use_masks not in (True, False, "auto"):
             raise ValueError(f"use_masks must be True, False or 'auto', got {use_masks!r}")
+        if blend == "mask" and use_masks is False:
+            raise ValueError("blend='mask' pastes through instance masks, but use_masks=False "
+                             "crops boxes only; set use_masks='auto' (or True), or choose "
+                             "blend='soft' or 'rect'")
         self.dataset = dataset
         self.classes = None if classes is None else list(classes)
         self.freq_thr = freq_thr
@@ -427,6 +478,8 @@ class RareClassCopyPaste(BaseTransform):
         self.flip_prob = check_unit_interval(flip_prob, "flip_prob")
         self.blend = blend
         self.use_masks = use_masks
+        self.mix_prob = check_unit_interval(mix_prob, "mix_prob")
+        self.mix_range = _check_mix_range(mix_range)
         self.occlusion_thr = check_unit_interval(occlusion_thr, "occlusion_thr", "a fraction")
         self.clip_boxes = bool(clip_boxes)
         self.max_crops_per_class = _positive_int(max_crops_per_class, "max_crops_per_class")
@@ -448,11 +501,18 @@ class RareClassCopyPaste(BaseTransform):
     def bank(self) -> CropBank:
         """The crop bank, built on first access."""
         if self._bank is None:
+            dataset = build_annotation_dataset(self.dataset)
+            if self.blend == "mask" and not annotations_have_masks(dataset):
+                raise ValueError(
+                    f"blend='mask' needs instance masks, but the instances of "
+                    f"{type(dataset).__name__} have boxes only (no COCO 'segmentation'); use "
+                    "annotations with masks (for the synthetic set: synthetic=dict("
+                    "with_masks=True) and another data_root), or blend='soft' or 'rect'")
             bank = crop_bank_from_dataset(
-                build_annotation_dataset(self.dataset), classes=self.classes,
-                freq_thr=self.freq_thr, power=self.power,
+                dataset, classes=self.classes, freq_thr=self.freq_thr, power=self.power,
                 max_crops_per_class=self.max_crops_per_class, min_crop_size=self.min_crop_size,
-                max_crop_side=self.max_crop_side, use_masks=self.use_masks, seed=self.seed,
+                max_crop_side=self.max_crop_side,
+                use_masks=True if self.blend == "mask" else self.use_masks, seed=self.seed,
                 backend_args=self.backend_args)
             cdf = np.cumsum(bank.class_probs)
             self._class_cdf = cdf / cdf[-1]   # exactly 1 at the end: every u < 1 finds a class
@@ -475,15 +535,26 @@ class RareClassCopyPaste(BaseTransform):
         bank = self.bank
         lo, hi = self.num_objects
         log_lo, log_hi = math.log(self.scale_range[0]), math.log(self.scale_range[1])
-        # One row of uniforms per object: class, crop, scale, flip, x, y.
+        # One row of uniforms per object: class, crop, scale, flip, x, y; then, only when
+        # mixing is on (so mix_prob=0 keeps the draws of a transform without it): mix or not,
+        # the second crop, the weight.
         draws = rng.random((int(rng.integers(lo, hi + 1)), 6))
+        mixes = rng.random((len(draws), 3)) if self.mix_prob > 0 else np.ones((len(draws), 3))
         classes = np.searchsorted(self._class_cdf, draws[:, 0], side="right").tolist()
+        mix_lo, mix_hi = self.mix_range
         patches = []
-        for c, (_, u_crop, u_scale, u_flip, u_x, u_y) in zip(classes, draws.tolist(),
-                                                             strict=True):
+        for c, (_, u_crop, u_scale, u_flip, u_x, u_y), (u_mix, u_other, u_lam) in zip(
+                classes, draws.tolist(), mixes.tolist(), strict=True):
             members = bank.by_class[c]
-            k = int(members[int(u_crop * len(members))])
+            i = int(u_crop * len(members))
+            k = int(members[i])
             pixels, mask = bank.crop(k)
+            weight = None
+            if u_mix < self.mix_prob and len(members) > 1:
+                j = int(u_other * (len(members) - 1))
+                weight = mix_lo + u_lam * (mix_hi - mix_lo)
+                pixels, mask = mix_crops(pixels, mask, *bank.crop(int(members[j + (j >= i)])),
+                                         weight)
             s = math.exp(log_lo + u_scale * (log_hi - log_lo)) / bank.scales[k]
             th = max(1, round(pixels.shape[0] * s * scale_factor[1]))
             tw = max(1, round(pixels.shape[1] * s * scale_factor[0]))
@@ -501,12 +572,13 @@ class RareClassCopyPaste(BaseTransform):
                 if (th, tw) != mask.shape:
                     alpha = cv2.resize(alpha, (tw, th), interpolation=cv2.INTER_LINEAR)
                 patches.append(Patch(pixels, cv2.flip(alpha, 1) if flip else alpha, x, y, c,
-                                     tight=True))
+                                     tight=True, mix_weight=weight))
             elif self.blend == "soft":   # symmetric: a flip leaves it as it is
-                patches.append(Patch(pixels, soft_alpha(th, tw), x, y, c, opaque=False))
+                patches.append(Patch(pixels, soft_alpha(th, tw), x, y, c, opaque=False,
+                                     mix_weight=weight))
             else:
                 patches.append(Patch(pixels, np.ones((th, tw), np.float32), x, y, c,
-                                     opaque=True))
+                                     opaque=True, mix_weight=weight))
         return patches
 
     def _check_dtype(self, img: np.ndarray, path: str | None) -> None:
@@ -534,22 +606,25 @@ class RareClassCopyPaste(BaseTransform):
         Raises:
             ValueError: if ``results`` lacks ``img``, ``gt_bboxes`` or ``gt_bboxes_labels``
                 (the transform must follow ``LoadAnnotations`` and precede ``PackDetInputs``),
-                or the image is an integer array of another dtype than ``uint8`` (the crops'),
-                such as a 16-bit image.
+                the image is an integer array of another dtype than ``uint8`` (the crops'),
+                such as a 16-bit image, or it does not have 3 channels (grayscale, RGBA).
         """
         missing = [k for k in ("img", "gt_bboxes", "gt_bboxes_labels") if k not in results]
         if missing:
             raise ValueError(f"RareClassCopyPaste needs results {missing}: place it after "
                              f"LoadAnnotations(with_bbox=True) and before PackDetInputs")
-        self._check_dtype(results["img"], results.get("img_path"))
+        img = results["img"]
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(
+                f"RareClassCopyPaste needs a 3-channel image (H, W, 3), got shape {img.shape} "
+                "(grayscale or with an alpha channel); load it with LoadImageFromFile("
+                "color_type='color'), the default, which repeats a gray channel and drops alpha")
+        self._check_dtype(img, results.get("img_path"))
         rng = self._rng.get()
         results["num_pasted"] = 0
         if rng.random() >= self.prob:
             return results
-        img = results["img"]
         height, width = img.shape[:2]
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"RareClassCopyPaste needs a 3-channel image, got {img.shape}")
         scale = results.get("scale_factor", (1.0, 1.0))
         patches = self.draw_patches(rng, height, width, (float(scale[0]), float(scale[1])))
         if not patches:
@@ -575,4 +650,5 @@ class RareClassCopyPaste(BaseTransform):
         return (f"{type(self).__name__}(classes={self.classes}, freq_thr={self.freq_thr}, "
                 f"power={self.power}, num_objects={self.num_objects}, prob={self.prob}, "
                 f"scale_range={self.scale_range}, blend={self.blend!r}, "
+                f"mix_prob={self.mix_prob}, mix_range={self.mix_range}, "
                 f"occlusion_thr={self.occlusion_thr}, seed={self.seed})")

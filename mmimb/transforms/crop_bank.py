@@ -18,11 +18,23 @@ The bank
 At most ``max_crops_per_class`` instances per class, drawn uniformly without replacement with a
 generator seeded by ``seed`` alone, so every process (every data loader worker) builds the same
 bank. Instances flagged ``ignore_flag`` and boxes with a side under ``min_crop_size`` pixels are
-never crops. A crop whose longer side exceeds ``max_crop_side`` is stored downscaled (and its
-scale kept, so it is pasted at its original size). All pixels live in one flat ``uint8`` buffer,
-so the bank holds at most ``C_S * max_crops_per_class * max_crop_side ** 2 * 4`` bytes (pixels
-and mask) and a forked worker shares it copy-on-write. Masks are stored when the dataset has
-instance masks; box-only datasets give rectangular crops.
+never crops, nor are degenerate boxes (a side ``<= 0``, or not finite). Images are read as
+3-channel 8-bit BGR whatever their file holds (``LoadImageFromFile``'s ``color_type='color'``: a
+grayscale file is repeated over the channels, an alpha channel is dropped). A crop whose longer
+side exceeds ``max_crop_side`` is stored downscaled (and its scale kept, so it is pasted at its
+original size). All pixels live in one flat ``uint8`` buffer, so the bank holds at most ``C_S *
+max_crops_per_class * max_crop_side ** 2 * 4`` bytes (pixels and mask) and a forked worker
+shares it copy-on-write. Masks are stored when the dataset has instance masks; box-only datasets
+give rectangular crops.
+
+Instance mixing
+---------------
+:func:`mix_crops` blends two crops of one class into a new instance of that class, the
+image-space analogue of SMOTE (Chawla et al., "SMOTE: Synthetic Minority Over-sampling
+Technique", JAIR 2002), which creates a minority sample ``x_a + u (x_b - x_a)`` between two
+samples of the class. Here the pair is any two crops of the class (not nearest neighbours, which
+have no meaning for pixels) and the interpolation is per pixel, as in mixup (Zhang et al.,
+ICLR 2018) restricted to one class, so the label needs no mixing.
 
 Shape shorthand: ``C`` classes, ``K`` crops, ``P`` pixels of all crops together.
 """
@@ -159,6 +171,18 @@ def _box_array(boxes: Any) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
+def annotations_have_masks(dataset: Any) -> bool:
+    """Whether the dataset's instances carry masks (``'mask'``, from COCO ``segmentation``).
+
+    The first image with instances decides (mmdet datasets give masks to all or none).
+    """
+    for idx in range(len(dataset)):
+        instances = dataset.get_data_info(idx).get("instances", [])
+        if instances:
+            return "mask" in instances[0]
+    return False
+
+
 def _has_masks(dataset: Any, use_masks: bool | str) -> bool:
     """Whether to crop masks: ``use_masks``, or (``'auto'``) whether the annotations have them.
 
@@ -169,12 +193,7 @@ def _has_masks(dataset: Any, use_masks: bool | str) -> bool:
         raise ValueError(f"use_masks must be True, False or 'auto', got {use_masks!r}")
     if use_masks is False:
         return False
-    annotated = False
-    for idx in range(len(dataset)):
-        instances = dataset.get_data_info(idx).get("instances", [])
-        if instances:
-            annotated = "mask" in instances[0]
-            break
+    annotated = annotations_have_masks(dataset)
     if use_masks is True and not annotated:
         raise ValueError("use_masks=True, but the dataset's instances have no 'mask' "
                          "(boxes only); use use_masks='auto' or False")
@@ -189,8 +208,9 @@ def _crop_candidates(dataset: Any, probs: np.ndarray, min_crop_size: float
         for j, inst in enumerate(dataset.get_data_info(idx).get("instances", [])):
             c = inst["bbox_label"]
             x0, y0, x1, y1 = inst["bbox"]
+            side = min(x1 - x0, y1 - y0)   # NaN for a non-finite box: never a crop
             if probs[c] > 0 and not inst.get("ignore_flag", 0) \
-                    and min(x1 - x0, y1 - y0) >= min_crop_size:
+                    and side > 0 and side >= min_crop_size:
                 out[c].append((idx, j))
     return out
 
@@ -200,6 +220,50 @@ def _empty_bank_error(dataset: Any, probs: np.ndarray, min_crop_size: float) -> 
     chosen = [n for n, p in zip(names, probs, strict=True) if p > 0]
     return ValueError(f"the crop bank is empty: the chosen classes {chosen} have no instance "
                       f"with both box sides >= min_crop_size={min_crop_size} inside its image")
+
+
+def mix_crops(pixels_a: np.ndarray, mask_a: np.ndarray | None, pixels_b: np.ndarray,
+              mask_b: np.ndarray | None, weight: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """A new instance blended from crops ``a`` and ``b`` of one class (see the module docstring).
+
+    ``b`` is first resized to ``a``'s ``h x w`` (bilinear pixels, nearest-neighbour mask). With
+    ``lam = weight``:
+
+    - boxes only: ``pixels = lam * a + (1 - lam) * b`` everywhere, rounded; the mixed crop
+      covers the whole ``h x w`` rectangle, so its pasted box is ``a``'s.
+    - masks: ``mask = mask_a | mask_b`` (the mixed extent); a pixel in both masks is
+      ``lam * a + (1 - lam) * b``, a pixel in one mask is that crop's own (so no background of
+      the other crop is blended in); its pasted box is the bounding box of the union.
+
+    Args:
+        pixels_a: ``uint8[h, w, 3]`` the first crop.
+        mask_a: ``bool[h, w]`` its mask, or ``None`` (boxes only).
+        pixels_b: ``uint8[h', w', 3]`` the second crop.
+        mask_b: ``bool[h', w']`` its mask; ``None`` exactly when ``mask_a`` is.
+        weight: ``lam`` in ``[0, 1]``, the weight of ``a``.
+
+    Returns:
+        ``(pixels, mask)``: ``uint8[h, w, 3]`` and ``bool[h, w]`` (``None`` for boxes only).
+
+    Raises:
+        ValueError: if ``weight`` is outside ``[0, 1]`` or only one crop has a mask.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    if (mask_a is None) != (mask_b is None):
+        raise ValueError("mix_crops needs masks for both crops or for neither")
+    h, w = pixels_a.shape[:2]
+    if pixels_b.shape[:2] != (h, w):
+        pixels_b = mmcv.imresize(pixels_b, (w, h), interpolation="bilinear")
+    a, b = pixels_a.astype(np.float32), pixels_b.astype(np.float32)
+    if mask_a is None or mask_b is None:
+        return np.rint(weight * a + (1 - weight) * b).astype(np.uint8), None
+    if mask_b.shape != (h, w):
+        mask_b = mmcv.imresize(mask_b.astype(np.uint8), (w, h),
+                               interpolation="nearest").astype(bool)
+    own = np.where((mask_b & ~mask_a)[..., None], b, a)
+    mixed = np.where((mask_a & mask_b)[..., None], weight * a + (1 - weight) * b, own)
+    return np.rint(mixed).astype(np.uint8), mask_a | mask_b
 
 
 def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 50,
