@@ -36,7 +36,9 @@ def test_config_builds(path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         dataset_cfg = dataset_cfg.dataset
     if dataset_cfg.type == "SyntheticLongTailDataset":
         # The default synthetic data, generated once for the session and shared by every config.
-        dataset_cfg.data_root = str(tmp_path_factory.getbasetemp() / "default_lt_synth")
+        # One folder per generator setting (``lt_synth``, ``lt_synth_masks``).
+        name = Path(dataset_cfg.data_root.rstrip("/")).name
+        dataset_cfg.data_root = str(tmp_path_factory.getbasetemp() / f"default_{name}")
     elif not Path(dataset_cfg.data_root).is_dir():
         pytest.skip(f"real data not available at {dataset_cfg.data_root}")
     loader = Runner.build_dataloader(loader_cfg, seed=0)

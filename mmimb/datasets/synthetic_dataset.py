@@ -41,10 +41,10 @@ class SyntheticLongTailDataset(CocoDataset):
                          data_prefix={"img": f"{split}/"}, **kwargs)
 
     def load_data_list(self) -> list[dict]:
-        if not osp.exists(osp.join(self.data_root, "meta.json")):
-            if not self.generate_if_missing:
-                raise FileNotFoundError(
-                    f"no synthetic dataset in {self.data_root!r}; create it with "
-                    f"`{make_command(self.data_root, self.synthetic)}`")
-            generate(self.data_root, self.synthetic)
+        if not osp.exists(osp.join(self.data_root, "meta.json")) and not self.generate_if_missing:
+            raise FileNotFoundError(
+                f"no synthetic dataset in {self.data_root!r}; create it with "
+                f"`{make_command(self.data_root, self.synthetic)}`")
+        # Generates a missing dataset; refuses one made with other arguments (e.g. no masks).
+        generate(self.data_root, self.synthetic)
         return super().load_data_list()
