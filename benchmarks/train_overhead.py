@@ -21,7 +21,8 @@ rounds each run a block of ``--iters`` iterations of every variant, the order of
 rotated from round to round, so that a change of the machine's load hits every variant alike.
 The table gives each variant's median over rounds of the seconds per iteration (wall clock and
 this process's CPU time), and the median over rounds of its ratio to the baseline in the same
-round, with the range.
+round, with the range. Short blocks and many rounds follow a changing load more closely; one
+torch thread (``--threads``) keeps a loaded machine from inflating the time of idle threads.
 
 Memory: ``set-up MiB`` is what ``tracemalloc`` sees still allocated after a variant's set-up
 (Python objects and numpy buffers: the datasets, the label statistics, the crop bank; torch
@@ -32,8 +33,8 @@ run (``resource.getrusage``) is printed below the table.
 
 Usage::
 
-    python benchmarks/train_overhead.py                          # 5 rounds x 20 iterations
-    python benchmarks/train_overhead.py --iters 10 --rounds 3 --json train_overhead.json
+    python benchmarks/train_overhead.py                   # 10 rounds x 5 iterations, 1 thread
+    python benchmarks/train_overhead.py --iters 3 --rounds 12 --warmup 2 --json out.json
 """
 
 from __future__ import annotations
@@ -251,13 +252,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=20, help="iterations per block")
-    parser.add_argument("--rounds", type=int, default=5, help="timed blocks per variant")
+    parser.add_argument("--iters", type=int, default=5, help="iterations per block")
+    parser.add_argument("--rounds", type=int, default=10, help="timed blocks per variant")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed iterations per variant after its set-up")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine, idle threads of a larger "
+                             "pool spin on busy cores and blur CPU time and wall time alike)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    for name in ("iters", "rounds"):
+    for name in ("iters", "rounds", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -267,6 +271,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mmimb-train-overhead-") as work_dir:
         variants = run(args.iters, args.rounds, args.warmup, Path(work_dir))
@@ -278,7 +283,7 @@ def main() -> None:
     print(f"demo RetinaNet, batch 8 at 128x128, {args.rounds} rounds x {args.iters} iterations "
           f"per variant (after {args.warmup} warm-up), interleaved in one process; "
           f"num_workers=0 (data loading timed in the training process); "
-          f"{torch.get_num_threads()} torch threads; load average {load_before[0]:.1f} before, "
+          f"torch threads: {torch.get_num_threads()}; load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after\n")
     print_table(rows)
     print(f"\npeak RSS of the process over the whole run: {process_peak_mib:.0f} MiB\n")
