@@ -51,8 +51,10 @@ from mmimb.transforms.crop_bank import (
 
 #: How a crop is blended: ``'rect'`` opaque, ``'soft'`` with a feathered border (both for crops
 #: without a mask; a crop with a mask is pasted through it), ``'mask'`` through its instance
-#: mask, which the training set must have.
-BLENDS: tuple[str, str, str] = ("rect", "soft", "mask")
+#: mask, which the training set must have, ``'matte'`` through a GrabCut estimate of its
+#: foreground made once per crop in the bank (for box-only data; ``'soft'`` where the estimate
+#: is degenerate, see :mod:`mmimb.transforms.crop_bank`).
+BLENDS: tuple[str, ...] = ("rect", "soft", "mask", "matte")
 #: Width of the feathered border of a ``'soft'`` paste, as a fraction of the patch's shorter side.
 SOFT_EDGE = 0.15
 #: A pixel is covered by a patch (hides what is below, belongs to its mask) from this opacity on.
@@ -374,7 +376,8 @@ class RareClassCopyPaste(BaseTransform):
     when larger than the image (both sides by one factor, so its aspect ratio is kept to a
     pixel), placed uniformly at random so it lies inside the image, and pasted
     (:func:`paste_patches`) through its instance mask when the bank has masks, else as a
-    rectangle (``blend='rect'``) or with a feathered border (``blend='soft'``).
+    rectangle (``blend='rect'``) or with a feathered border (``blend='soft'``), or through its
+    estimated matte (``blend='matte'``).
 
     Blends: ``'rect'`` and ``'soft'`` are for box-only crops; ``'mask'`` requires instance masks
     (the training set's annotations must have them, e.g. COCO ``segmentation``, or
@@ -382,6 +385,17 @@ class RareClassCopyPaste(BaseTransform):
     pixels; its pasted box is the bounding box of the pasted mask. With masks in the annotations
     and ``use_masks='auto'``, every blend pastes through the masks; ``use_masks=False`` gives a
     rectangle or soft paste of the same data (the ablation of the mask).
+
+    ``'matte'`` is for box-only data: the bank estimates each crop's foreground once, with
+    GrabCut initialised from the box and a context margin (:func:`~mmimb.transforms.crop_bank.
+    estimate_matte`), and the crop is pasted through that estimate exactly as through an
+    instance mask (its box is the bounding box of the pasted matte). A crop whose estimate is
+    degenerate (too little or too much of the box, or GrabCut failed) is pasted as with
+    ``'soft'``; the bank counts them (``bank.matte_fallbacks``) and logs the count. On data with
+    instance masks, ``'matte'`` ignores the annotated masks of the crops and estimates its own
+    (so matte and mask can be compared on one dataset); ``use_masks=True`` with ``'matte'``
+    raises. Mixing a crop with a matte and one without treats the latter's mask as its whole
+    rectangle.
 
     Instance mixing: with probability ``mix_prob`` a pasted object is a new instance blended
     from two crops of its class (:func:`~mmimb.transforms.crop_bank.mix_crops`, the
@@ -422,7 +436,8 @@ class RareClassCopyPaste(BaseTransform):
         prob: probability of pasting into an image at all.
         scale_range: ``(min, max)`` of the scale jitter ``s``.
         flip_prob: probability of flipping a crop horizontally.
-        blend: ``'rect'`` or ``'soft'`` for crops without mask, or ``'mask'`` (masks required).
+        blend: ``'rect'`` or ``'soft'`` for crops without mask, ``'mask'`` (masks required), or
+            ``'matte'`` (estimated masks, for box-only data).
         use_masks: crop instance masks (``True``), boxes only (``False``), or masks when the
             annotations have them (``'auto'``); ``blend='mask'`` needs ``True`` or ``'auto'``.
         mix_prob: probability that a pasted object is a mix of two crops of its class.
@@ -441,7 +456,7 @@ class RareClassCopyPaste(BaseTransform):
         ValueError: naming the argument: at construction for invalid values (``k < 0``, a
             probability outside ``[0, 1]`` ...); when the bank is built for unknown class
             names, a choice of no class, an empty bank, or ``blend='mask'`` on annotations
-            without masks.
+            without masks; at construction for ``blend='matte'`` with ``use_masks=True``.
     """
 
     def __init__(self, dataset: Any, classes: Sequence[str] | None = None,
@@ -468,6 +483,10 @@ class RareClassCopyPaste(BaseTransform):
             raise ValueError("blend='mask' pastes through instance masks, but use_masks=False "
                              "crops boxes only; set use_masks='auto' (or True), or choose "
                              "blend='soft' or 'rect'")
+        if blend == "matte" and use_masks is True:
+            raise ValueError("blend='matte' estimates each crop's mask, but use_masks=True asks "
+                             "for the annotated masks; use blend='mask' to paste those, or "
+                             "use_masks='auto' with blend='matte'")
         self.dataset = dataset
         self.classes = None if classes is None else list(classes)
         self.freq_thr = freq_thr
@@ -513,7 +532,7 @@ class RareClassCopyPaste(BaseTransform):
                 max_crops_per_class=self.max_crops_per_class, min_crop_size=self.min_crop_size,
                 max_crop_side=self.max_crop_side,
                 use_masks=True if self.blend == "mask" else self.use_masks, seed=self.seed,
-                backend_args=self.backend_args)
+                backend_args=self.backend_args, matte=self.blend == "matte")
             cdf = np.cumsum(bank.class_probs)
             self._class_cdf = cdf / cdf[-1]   # exactly 1 at the end: every u < 1 finds a class
             self._bank = bank
@@ -553,8 +572,11 @@ class RareClassCopyPaste(BaseTransform):
             if u_mix < self.mix_prob and len(members) > 1:
                 j = int(u_other * (len(members) - 1))
                 weight = mix_lo + u_lam * (mix_hi - mix_lo)
-                pixels, mask = mix_crops(pixels, mask, *bank.crop(int(members[j + (j >= i)])),
-                                         weight)
+                pixels_b, mask_b = bank.crop(int(members[j + (j >= i)]))
+                if (mask is None) != (mask_b is None):   # one degenerate matte: its rectangle
+                    mask = np.ones(pixels.shape[:2], bool) if mask is None else mask
+                    mask_b = np.ones(pixels_b.shape[:2], bool) if mask_b is None else mask_b
+                pixels, mask = mix_crops(pixels, mask, pixels_b, mask_b, weight)
             s = math.exp(log_lo + u_scale * (log_hi - log_lo)) / bank.scales[k]
             th = max(1, round(pixels.shape[0] * s * scale_factor[1]))
             tw = max(1, round(pixels.shape[1] * s * scale_factor[0]))
@@ -573,7 +595,7 @@ class RareClassCopyPaste(BaseTransform):
                     alpha = cv2.resize(alpha, (tw, th), interpolation=cv2.INTER_LINEAR)
                 patches.append(Patch(pixels, cv2.flip(alpha, 1) if flip else alpha, x, y, c,
                                      tight=True, mix_weight=weight))
-            elif self.blend == "soft":   # symmetric: a flip leaves it as it is
+            elif self.blend in ("soft", "matte"):   # symmetric: a flip leaves it as it is
                 patches.append(Patch(pixels, soft_alpha(th, tw), x, y, c, opaque=False,
                                      mix_weight=weight))
             else:

@@ -27,6 +27,22 @@ max_crops_per_class * max_crop_side ** 2 * 4`` bytes (pixels and mask) and a for
 shares it copy-on-write. Masks are stored when the dataset has instance masks; box-only datasets
 give rectangular crops.
 
+Estimated mattes (box-only data)
+--------------------------------
+With ``matte=True`` every crop's foreground is estimated once, when the crop enters the bank, by
+GrabCut (Rother, Kolmogorov and Blake, "GrabCut: interactive foreground extraction using
+iterated graph cuts", SIGGRAPH 2004; ``cv2.grabCut`` with ``GC_INIT_WITH_RECT``): the box is
+the rectangle that holds the object, a context margin of :data:`MATTE_MARGIN` times the box's
+sides around it (inside the image) is sure background, and :data:`MATTE_ITERS` iterations
+refine the colour models. The estimate is computed at the stored crop's resolution (after the
+``max_crop_side`` downscale, so its cost is bounded), with OpenCV's random generator reseeded
+first, so it is deterministic. It is stored as the crop's mask and pasted through the mask path.
+An estimate is degenerate, and the crop is pasted as a soft rectangle instead, when its
+foreground covers less than :data:`MATTE_MIN_FG` or more than :data:`MATTE_MAX_FG` of the box
+(GrabCut found no object, or found the whole box, where the rectangle is as good), or when
+GrabCut raises (no background pixel around a box that fills its image); the bank counts these
+(:attr:`CropBank.matte_fallbacks`) and logs the count.
+
 Instance mixing
 ---------------
 :func:`mix_crops` blends two crops of one class into a new instance of that class, the
@@ -41,13 +57,17 @@ Shape shorthand: ``C`` classes, ``K`` crops, ``P`` pixels of all crops together.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import mmcv
 import numpy as np
 from mmdet.registry import TRANSFORMS
 from mmdet.structures.bbox import BaseBoxes
+from mmengine.logging import print_log
 
 from mmimb.stats import ClassStats, class_frequencies, dataset_classes
 from mmimb.transforms._common import (
@@ -59,6 +79,15 @@ from mmimb.transforms._common import (
 )
 
 _SEED_MASK = (1 << 64) - 1
+#: Context around a box given to GrabCut as sure background, as a fraction of each box side
+#: (at least :data:`MATTE_MIN_MARGIN` pixels), clipped to the image.
+MATTE_MARGIN = 0.1
+MATTE_MIN_MARGIN = 4
+#: GrabCut iterations; the estimate changes little after a few on a crop.
+MATTE_ITERS = 3
+#: An estimated foreground covering less / more than this fraction of its box is degenerate.
+MATTE_MIN_FG = 0.15
+MATTE_MAX_FG = 0.95
 
 
 def paste_class_probs(stats: ClassStats, freq_thr: float | None = None, power: float = 1.0,
@@ -124,6 +153,11 @@ class CropBank:
         class_probs: ``float64[C]`` probability of pasting each class; zero for classes without
             crops.
         classes: class names.
+        has_mask: ``bool[K]`` which crops have a mask; ``None``: all of them when ``masks`` is
+            given. A crop without one (a degenerate matte) holds an all-``True`` mask in
+            ``masks`` and :meth:`crop` gives it none.
+        matte: the masks are GrabCut estimates (see the module docstring), not annotations.
+        matte_ms: ``float64[K]`` milliseconds each matte estimate took (a matte bank only).
 
     Raises:
         ValueError: if the arrays disagree in length, or the bank is empty.
@@ -131,18 +165,26 @@ class CropBank:
 
     def __init__(self, pixels: np.ndarray, masks: np.ndarray | None, shapes: np.ndarray,
                  labels: np.ndarray, scales: np.ndarray, sources: np.ndarray,
-                 class_probs: np.ndarray, classes: Sequence[str] = ()) -> None:
+                 class_probs: np.ndarray, classes: Sequence[str] = (),
+                 has_mask: np.ndarray | None = None, matte: bool = False,
+                 matte_ms: np.ndarray | None = None) -> None:
         if len(labels) == 0:
             raise ValueError("the crop bank is empty")
         sizes = shapes[:, 0] * shapes[:, 1]
         if len(shapes) != len(labels) or len(scales) != len(labels) \
                 or len(sources) != len(labels) \
-                or len(pixels) != sizes.sum() or (masks is not None and len(masks) != len(pixels)):
-            raise ValueError("pixels, masks, shapes, labels and scales of a crop bank disagree")
+                or len(pixels) != sizes.sum() or (masks is not None and len(masks) != len(pixels)) \
+                or (has_mask is not None and (masks is None or len(has_mask) != len(labels))):
+            raise ValueError("pixels, masks, has_mask, shapes, labels and scales of a crop bank "
+                             "disagree")
         self.pixels, self.masks, self.shapes = pixels, masks, shapes
         self.labels, self.scales, self.sources = labels, scales, sources
         self.class_probs = class_probs
         self.classes = tuple(classes)
+        self.has_mask = (None if masks is None else np.ones(len(labels), bool)) \
+            if has_mask is None else np.asarray(has_mask, dtype=bool)
+        self.matte = bool(matte)
+        self.matte_ms = matte_ms
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.by_class = [np.flatnonzero(labels == c) for c in range(len(class_probs))]
 
@@ -154,14 +196,21 @@ class CropBank:
         """Bytes held by the crops' pixels and masks."""
         return self.pixels.nbytes + (0 if self.masks is None else self.masks.nbytes)
 
+    @property
+    def matte_fallbacks(self) -> int:
+        """Number of crops whose estimated matte was degenerate (pasted as soft rectangles)."""
+        return 0 if not self.matte or self.has_mask is None else int((~self.has_mask).sum())
+
     def crop(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Crop ``k``: ``uint8[h, w, 3]`` pixels and ``bool[h, w]`` mask (``None`` if boxes only).
+        """Crop ``k``: ``uint8[h, w, 3]`` pixels and ``bool[h, w]`` mask (``None`` if boxes only
+        or, for a matte bank, if the crop's matte was degenerate).
 
         Both are views into the bank; do not modify them.
         """
         h, w = self.shapes[k]
         sl = slice(self.offsets[k], self.offsets[k + 1])
-        mask = None if self.masks is None else self.masks[sl].reshape(h, w)
+        mask = None if self.masks is None or self.has_mask is None or not self.has_mask[k] \
+            else self.masks[sl].reshape(h, w)
         return self.pixels[sl].reshape(h, w, 3), mask
 
 
@@ -266,10 +315,99 @@ def mix_crops(pixels_a: np.ndarray, mask_a: np.ndarray | None, pixels_b: np.ndar
     return np.rint(mixed).astype(np.uint8), mask_a | mask_b
 
 
+def estimate_matte(image: np.ndarray, rect: tuple[int, int, int, int],
+                   iters: int = MATTE_ITERS) -> np.ndarray | None:
+    """GrabCut estimate of the object's pixels inside ``rect`` (see the module docstring).
+
+    Pixels of ``image`` outside ``rect`` are sure background; OpenCV's random generator is
+    reseeded (``cv2.setRNGSeed(0)``) first, so the result depends on the input alone.
+
+    Args:
+        image: ``uint8[H, W, 3]`` the box with its context.
+        rect: ``(x, y, w, h)`` of the box inside ``image``.
+        iters: GrabCut iterations.
+
+    Returns:
+        ``bool[h, w]`` foreground inside ``rect``, or ``None`` when the estimate is degenerate
+        (foreground fraction outside ``[MATTE_MIN_FG, MATTE_MAX_FG]``, or GrabCut raised).
+    """
+    x, y, w, h = rect
+    labels = np.zeros(image.shape[:2], np.uint8)
+    bgd_model = np.zeros((1, 65), np.float64)
+    fgd_model = np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    try:
+        cv2.grabCut(np.ascontiguousarray(image), labels, (x, y, w, h), bgd_model, fgd_model,
+                    iters, cv2.GC_INIT_WITH_RECT)
+    except cv2.error:   # e.g. no background sample: the box fills its context
+        return None
+    inside = labels[y:y + h, x:x + w]
+    fg = (inside == cv2.GC_FGD) | (inside == cv2.GC_PR_FGD)
+    return fg if MATTE_MIN_FG <= fg.mean() <= MATTE_MAX_FG else None
+
+
+def _crop_matte(img: np.ndarray, box: tuple[int, int, int, int], scale: float,
+                shape: tuple[int, int]) -> np.ndarray | None:
+    """:func:`estimate_matte` of the pixel box ``xa, ya, xb, yb`` of ``img`` with its context
+    margin, at the stored crop's ``scale`` and ``shape`` (``h, w``)."""
+    xa, ya, xb, yb = box
+    h_img, w_img = img.shape[:2]
+    mx = math.ceil(max(MATTE_MIN_MARGIN, MATTE_MARGIN * shape[1]) / scale)
+    my = math.ceil(max(MATTE_MIN_MARGIN, MATTE_MARGIN * shape[0]) / scale)
+    cx0, cy0 = max(xa - mx, 0), max(ya - my, 0)
+    cx1, cy1 = min(xb + mx, w_img), min(yb + my, h_img)
+    context = img[cy0:cy1, cx0:cx1]
+    if scale < 1.0:
+        context = mmcv.imresize(context, (max(1, round((cx1 - cx0) * scale)),
+                                          max(1, round((cy1 - cy0) * scale))),
+                                interpolation="area")
+    ch, cw = context.shape[:2]
+    x, y = min(round((xa - cx0) * scale), cw - 1), min(round((ya - cy0) * scale), ch - 1)
+    rect = (x, y, max(1, min(shape[1], cw - x)), max(1, min(shape[0], ch - y)))
+    matte = estimate_matte(context, rect)
+    if matte is not None and matte.shape != shape:
+        matte = mmcv.imresize(matte.astype(np.uint8), (shape[1], shape[0]),
+                              interpolation="nearest").astype(bool)
+    return matte
+
+
+def draw_mattes(bank: CropBank, tile: int = 128, cols: int = 4) -> np.ndarray:
+    """A BGR picture of every crop of ``bank`` beside its mask, to look at estimated mattes.
+
+    Each crop is a pair of ``tile x tile`` squares (the crop scaled to fit): the crop, then the
+    crop with the pixels outside its mask dimmed to a quarter and the mask's outline drawn in
+    green; a crop without a mask (a degenerate matte, pasted as a soft rectangle) gets a red
+    frame instead. ``cols`` pairs per row, in bank order (by image, then instance).
+
+    Returns:
+        ``uint8[rows * (tile + 4) + 4, cols * (2 * tile + 8) + 4, 3]``.
+    """
+    rows = math.ceil(len(bank) / cols)
+    out = np.full((rows * (tile + 4) + 4, cols * (2 * tile + 8) + 4, 3), 32, np.uint8)
+    for k in range(len(bank)):
+        pixels, mask = bank.crop(k)
+        f = tile / max(pixels.shape[:2])
+        size = (max(1, round(pixels.shape[1] * f)), max(1, round(pixels.shape[0] * f)))
+        crop = cv2.resize(pixels, size, interpolation=cv2.INTER_NEAREST)
+        shown = crop.copy()
+        if mask is None:
+            cv2.rectangle(shown, (0, 0), (size[0] - 1, size[1] - 1), (0, 0, 255), 2)
+        else:
+            m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            shown[m == 0] //= 4
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(shown, contours, -1, (0, 255, 0), 1)
+        y, x = 4 + (k // cols) * (tile + 4), 4 + (k % cols) * (2 * tile + 8)
+        out[y:y + size[1], x:x + size[0]] = crop
+        out[y:y + size[1], x + tile + 2:x + tile + 2 + size[0]] = shown
+    return out
+
+
 def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 50,
                     min_crop_size: float = 4, max_crop_side: int = 256,
                     use_masks: bool | str = "auto", seed: int = 0,
-                    backend_args: dict[str, Any] | None = None) -> CropBank:
+                    backend_args: dict[str, Any] | None = None,
+                    matte: bool = False) -> CropBank:
     """Crop at most ``max_crops_per_class`` objects of every class with ``probs[c] > 0``.
 
     Images are read with mmdet's ``LoadImageFromFile`` (BGR, as in training) and
@@ -285,18 +423,24 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
         use_masks: crop instance masks too; ``'auto'`` when the annotations have them.
         seed: seed of the choice of instances.
         backend_args: file backend of ``LoadImageFromFile``.
+        matte: store a GrabCut estimate of each crop's foreground as its mask (module
+            docstring); annotated masks are then not read, so ``use_masks`` must not be
+            ``True``.
 
     Returns:
         The bank; its ``class_probs`` are ``probs`` renormalised over classes with crops.
 
     Raises:
-        ValueError: naming the argument, on invalid values or when no chosen class has an
-            instance that can be cropped (empty bank).
+        ValueError: naming the argument, on invalid values, ``matte`` with ``use_masks=True``,
+            or when no chosen class has an instance that can be cropped (empty bank).
     """
     if isinstance(max_crops_per_class, bool) or not isinstance(max_crops_per_class, int) \
             or max_crops_per_class < 1:
         raise ValueError(f"max_crops_per_class must be an int >= 1, got {max_crops_per_class!r}")
-    with_mask = _has_masks(dataset, use_masks)
+    if matte and use_masks is True:
+        raise ValueError("matte=True estimates the masks, but use_masks=True asks for the "
+                         "annotated ones; set use_masks='auto' or False with matte=True")
+    with_mask = not matte and _has_masks(dataset, use_masks)
     rng = np.random.default_rng(np.random.SeedSequence([check_seed(seed) & _SEED_MASK,
                                                          BANK_STREAM]))
     picked: dict[int, list[tuple[int, int]]] = {}  # image -> [(instance, class)]
@@ -316,6 +460,8 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
     pixels: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     shapes, labels, scales, sources = [], [], [], []
+    has_mask: list[bool] = []
+    matte_ms: list[float] = []
     for idx in sorted(picked):
         results = dict(dataset.get_data_info(idx))
         for t in load:
@@ -342,6 +488,13 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
                 if mask is not None:
                     mask = mmcv.imresize(mask.astype(np.uint8), size,
                                          interpolation="nearest").astype(bool)
+            if matte:
+                start = time.perf_counter()
+                mask = _crop_matte(img, (xa, ya, xb, yb), scale, patch.shape[:2])
+                matte_ms.append(1e3 * (time.perf_counter() - start))
+                has_mask.append(mask is not None)
+                if mask is None:
+                    mask = np.ones(patch.shape[:2], dtype=bool)
             pixels.append(np.ascontiguousarray(patch, dtype=np.uint8).reshape(-1, 3))
             if mask is not None:
                 masks.append(mask.reshape(-1))
@@ -354,9 +507,17 @@ def build_crop_bank(dataset: Any, probs: np.ndarray, max_crops_per_class: int = 
     label_arr = np.asarray(labels, dtype=np.int64)
     has_crops = np.bincount(label_arr, minlength=len(probs)) > 0
     class_probs = np.where(has_crops, probs, 0.0)
+    if matte:
+        print_log(f"crop bank mattes: {len(has_mask) - sum(has_mask)} of {len(has_mask)} "
+                  f"degenerate (foreground outside [{MATTE_MIN_FG}, {MATTE_MAX_FG}] of the box, "
+                  f"or GrabCut failed), pasted as soft rectangles; median "
+                  f"{np.median(matte_ms):.1f} ms per estimate", logger="current")
     return CropBank(
         pixels=np.concatenate(pixels),
-        masks=np.concatenate(masks) if with_mask else None,
+        masks=np.concatenate(masks) if with_mask or matte else None,
+        has_mask=np.asarray(has_mask, dtype=bool) if matte else None,
+        matte=matte,
+        matte_ms=np.asarray(matte_ms, dtype=np.float64) if matte else None,
         shapes=np.asarray(shapes, dtype=np.int64).reshape(-1, 2),
         labels=label_arr,
         scales=np.asarray(scales, dtype=np.float64),
