@@ -104,6 +104,9 @@ def test_shape_mismatch_names_parameter_shapes_and_classes() -> None:
     mismatches = shape_mismatches(model, state)
     assert mismatches == [("1.weight", (13, 8), (5, 8)), ("1.bias", (13,), (5,))]
     assert shape_mismatches(model, model.state_dict()) == []
+    # An empty buffer is a placeholder its module sizes on load (EFL's gradient statistics).
+    model.register_buffer("pos_grad", torch.zeros(0))
+    assert shape_mismatches(model, {**state, "pos_grad": torch.ones(4)}) == mismatches
     checkpoint = {"state_dict": state,
                   "meta": {"dataset_meta": {"classes": [f"c{i}" for i in range(12)]}}}
     message = mismatch_message(mismatches, checkpoint,

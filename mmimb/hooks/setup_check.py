@@ -153,7 +153,10 @@ def shape_mismatches(model: nn.Module, state_dict: Mapping[str, Any]) -> list[Mi
     """Tensors of ``state_dict`` whose shape differs from the model's tensor of that name.
 
     Names are compared as mmengine loads them: a leading ``module.`` (a checkpoint saved from
-    a ``DistributedDataParallel`` model) is dropped; names only one side has are not reported.
+    a ``DistributedDataParallel`` model) is dropped; names only one side has are not reported,
+    nor are empty tensors of the model: placeholders that a module sizes when it loads them
+    (the gradient statistics of :class:`~mmimb.losses.EqualizedFocalLoss` before the first
+    iteration).
 
     Args:
         model: the model (a model wrapper is looked through).
@@ -167,7 +170,7 @@ def shape_mismatches(model: nn.Module, state_dict: Mapping[str, Any]) -> list[Mi
              for name, value in state_dict.items() if hasattr(value, "shape")}
     return [(name, saved[name], tuple(value.shape))
             for name, value in module.state_dict().items()
-            if name in saved and saved[name] != tuple(value.shape)]
+            if name in saved and saved[name] != tuple(value.shape) and value.numel() > 0]
 
 
 def _config_num_classes(model_cfg: Any) -> list[int]:
