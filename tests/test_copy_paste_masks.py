@@ -17,13 +17,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import torch
 from mmdet.registry import DATASETS, TRANSFORMS
 from mmdet.structures.bbox import HorizontalBoxes
 from mmdet.structures.mask import BitmapMasks, PolygonMasks
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
 from PIL import Image
 
 from mmimb.datasets.synthetic import class_names, generate
@@ -31,7 +29,7 @@ from mmimb.transforms import RareClassCopyPaste, paste_patches
 from mmimb.transforms.copy_paste import Patch
 from mmimb.transforms.crop_bank import build_crop_bank, mix_crops
 from tests.conftest import REPO, TINY
-from tests.test_transforms import RecordBatches, tiny_experiment
+from tests.test_transforms import tiny_experiment, train_and_record
 
 TINY_MASKS = replace(TINY, with_masks=True)
 CLASSES = class_names(TINY.num_classes)
@@ -398,14 +396,7 @@ def test_runner_trains_with_mask_paste(mask_root: Path, tmp_path: Path) -> None:
         if t.type == "RareClassCopyPaste":
             t.update(prob=1.0, occlusion_thr=1.0, freq_thr=0.5, mix_prob=0.5)
             t.dataset["synthetic"] = asdict(TINY_MASKS)
-    runner = Runner.from_cfg(cfg)
-    recorder = RecordBatches()
-    runner.register_hook(recorder)
-    before = [p.detach().clone() for p in runner.model.parameters()]
-    runner.train()
-    assert len(recorder.losses) == 2 and all(np.isfinite(recorder.losses))
-    assert any(not torch.equal(a, b) for a, b in zip(before, runner.model.parameters(),
-                                                     strict=True))
+    runner, recorder = train_and_record(cfg)
     paste = [t for t in runner.train_dataloader.dataset.pipeline.transforms
              if isinstance(t, RareClassCopyPaste)][0]
     assert paste.bank.masks is not None

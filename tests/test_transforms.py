@@ -775,6 +775,19 @@ class RecordBatches(Hook):
         self.losses.append(float(outputs["loss"]))
 
 
+def train_and_record(cfg: Config) -> tuple[Runner, RecordBatches]:
+    """Train ``cfg`` through the runner; check that the losses are finite and weights moved."""
+    runner = Runner.from_cfg(cfg)
+    recorder = RecordBatches()
+    runner.register_hook(recorder)
+    before = [p.detach().clone() for p in runner.model.parameters()]
+    runner.train()
+    assert len(recorder.losses) == 2 and all(np.isfinite(recorder.losses))
+    assert any(not torch.equal(a, b) for a, b in zip(before, runner.model.parameters(),
+                                                     strict=True))
+    return runner, recorder
+
+
 def set_transform_args(cfg: Config, type_name: str, **kwargs: Any) -> None:
     for t in cfg.train_dataloader.dataset.pipeline:
         if t.type == type_name:
@@ -792,14 +805,7 @@ def test_runner_trains_with_each_transform(name: str, tiny_root: Path, tmp_path:
     # Tiny-set thresholds (image counts 24 / 9 / 6 / 4); no removal, so box counts are exact.
     set_transform_args(cfg, "RareClassCopyPaste", prob=1.0, occlusion_thr=1.0)
     set_transform_args(cfg, "RarityConditionedApply", rare_max=6, common_max=10)
-    runner = Runner.from_cfg(cfg)
-    recorder = RecordBatches()
-    runner.register_hook(recorder)
-    before = [p.detach().clone() for p in runner.model.parameters()]
-    runner.train()
-    assert len(recorder.losses) == 2 and all(np.isfinite(recorder.losses))
-    assert any(not torch.equal(a, b) for a, b in zip(before, runner.model.parameters(),
-                                                     strict=True))
+    runner, recorder = train_and_record(cfg)
     expected_p = {0: 0.0, 1: 0.5, 2: 1.0, 3: 1.0}
     for sample in recorder.samples:
         labels = sample.gt_instances.labels.tolist()
