@@ -12,7 +12,14 @@ pipeline, from ``LoadImageFromFile`` to ``PackDetInputs``, on the embedded long-
 * ``+ RarityConditionedApply, never applied``: the same with every probability 0: the cost of
   the wrapper itself (reading the labels, one draw);
 * ``inner transforms, always``: the zoom + jitter applied to every image, the cost the wrapper
-  saves by skipping head-class images.
+  saves by skipping head-class images;
+* ``+ RareClassCopyPaste, matte`` and ``..., instance mixing``: the copy-paste config with
+  ``blend='matte'`` (GrabCut foreground estimates, made once per crop when the bank is built: the
+  set-up column and the per-crop milliseconds printed below the table) or with ``mix_prob=0.5``;
+* ``masks loaded`` and ``+ RareClassCopyPaste, mask``: ``configs/faster_rcnn/maskpaste_*`` on the
+  synthetic set with instance masks, without and with the transform; the ratio of the mask paste
+  is to ``masks loaded``, the same pipeline without copy-paste (reading and carrying masks is
+  the cost of any mask-based pipeline, not of the paste).
 
 The Faster R-CNN configs have the same pipelines. Before timing, every transform builds its bank
 or reads its statistics (reported separately: a one-off cost per process) and 20 images warm up.
@@ -62,6 +69,9 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE = "configs/retinanet/retinanet_r18tiny_fpn_2k_ltsynth.py"
 COPY_PASTE = "configs/retinanet/rarecopypaste_retinanet_r18tiny_fpn_2k_ltsynth.py"
 RARITY = "configs/retinanet/rarityaug_retinanet_r18tiny_fpn_2k_ltsynth.py"
+MASK_PASTE = "configs/faster_rcnn/maskpaste_faster-rcnn_r18tiny_fpn_1k_ltsynth.py"
+#: Each variant's rates are divided by those of this variant in the same round.
+REFERENCE = {"+ RareClassCopyPaste, mask": "masks loaded"}
 
 
 def dataset_cfg(config: str) -> dict[str, Any]:
@@ -81,6 +91,13 @@ def never_applied(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` whose ``RarityConditionedApply`` never applies its transforms (its own cost)."""
     pipeline = [dict(t, group_probs=(0.0, 0.0, 0.0)) if t["type"] == "RarityConditionedApply"
                 else t for t in cfg["pipeline"]]
+    return dict(cfg, pipeline=pipeline)
+
+
+def with_paste(cfg: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """``cfg`` whose ``RareClassCopyPaste`` has ``options``; ``None`` removes the transform."""
+    pipeline = [dict(t, **options) if t["type"] == "RareClassCopyPaste" else t
+                for t in cfg["pipeline"] if t["type"] != "RareClassCopyPaste" or options]
     return dict(cfg, pipeline=pipeline)
 
 
@@ -142,6 +159,11 @@ def main() -> None:
         "+ RarityConditionedApply": dataset_cfg(RARITY),
         "+ RarityConditionedApply, never applied": never_applied(dataset_cfg(RARITY)),
         "inner transforms, always": always_inner(dataset_cfg(RARITY)),
+        "+ RareClassCopyPaste, matte": with_paste(dataset_cfg(COPY_PASTE), blend="matte"),
+        "+ RareClassCopyPaste, instance mixing": with_paste(dataset_cfg(COPY_PASTE),
+                                                            mix_prob=0.5),
+        "masks loaded": with_paste(dataset_cfg(MASK_PASTE)),
+        "+ RareClassCopyPaste, mask": dataset_cfg(MASK_PASTE),
     }
     variants = {name: with_resize(cfg, args.resize) for name, cfg in variants.items()}
     built = {name: build(cfg) for name, cfg in variants.items()}
@@ -150,30 +172,38 @@ def main() -> None:
     timed_round(datasets, indices[:20])
     rounds = [timed_round(datasets, indices) for _ in range(args.rounds)]
     rates = {name: [r[name] for r in rounds] for name in variants}
-    ratios = {name: [r[name] / r["baseline"] for r in rounds] for name in variants}
+    ratios = {name: [r[name] / r[REFERENCE.get(name, "baseline")] for r in rounds]
+              for name in variants}
 
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv))
     size = "x".join(map(str, args.resize)) if args.resize else "128x128"
     print(f"{len(indices)} images x {args.rounds} rounds, 128x128 PNG resized to {size}, "
           f"one process\n")
-    print("| pipeline | images/s (median) | ratio to baseline (median) | ratio range | "
-          "set-up (s) |")
-    print("|---|---|---|---|---|")
+    print("| pipeline | images/s (median) | ratio (median) | ratio range | ratio to | set-up (s) |")
+    print("|---|---|---|---|---|---|")
     rows = []
     for name in variants:
         rate, ratio, setup = float(np.median(rates[name])), float(np.median(ratios[name])), \
             built[name][1]
         print(f"| {name} | {rate:.0f} | {ratio:.2f} | {min(ratios[name]):.2f} - "
-              f"{max(ratios[name]):.2f} | {setup:.2f} |")
-        rows.append(dict(pipeline=name, images_per_s=rates[name], ratios=ratios[name],
+              f"{max(ratios[name]):.2f} | {REFERENCE.get(name, 'baseline')} | {setup:.2f} |")
+        rows.append(dict(pipeline=name, reference=REFERENCE.get(name, "baseline"),
+                         images_per_s=rates[name], ratios=ratios[name],
                          median_images_per_s=rate, median_ratio=ratio, setup_s=setup))
     bank = next(t for t in built["+ RareClassCopyPaste"][0].pipeline.transforms
                 if hasattr(t, "bank")).bank
     print(f"\ncrop bank: {len(bank)} crops of {int((bank.class_probs > 0).sum())} classes, "
           f"{bank.nbytes / 1024:.0f} KiB")
+    matte = next(t for t in built["+ RareClassCopyPaste, matte"][0].pipeline.transforms
+                 if hasattr(t, "bank")).bank
+    matte_ms = matte.matte_ms if matte.matte_ms is not None else np.zeros(0)
+    print(f"matte estimates: {len(matte_ms)} crops, median {np.median(matte_ms):.1f} ms, "
+          f"total {matte_ms.sum() / 1000:.2f} s (once per crop, when the bank is built), "
+          f"{matte.matte_fallbacks} degenerate (pasted as soft rectangles)")
     if args.json:
-        args.json.write_text(json.dumps(dict(argv=sys.argv, rows=rows, bank_crops=len(bank),
-                                             bank_bytes=bank.nbytes), indent=2))
+        args.json.write_text(json.dumps(dict(
+            argv=sys.argv, rows=rows, bank_crops=len(bank), bank_bytes=bank.nbytes,
+            matte_ms=matte_ms.tolist(), matte_fallbacks=matte.matte_fallbacks), indent=2))
 
 
 if __name__ == "__main__":

@@ -121,8 +121,9 @@ def _latest_report(wdir: Path) -> Path | None:
     return reports[-1] if reports else None
 
 
-def _final_checkpoint(wdir: Path) -> Path | None:
-    pointer = wdir / "last_checkpoint"
+def final_checkpoint(work_dir: str | Path) -> Path | None:
+    """The checkpoint that ``{work_dir}/last_checkpoint`` points to, if it exists."""
+    pointer = Path(work_dir) / "last_checkpoint"
     if not pointer.is_file():
         return None
     path = Path(pointer.read_text().strip())
@@ -141,7 +142,7 @@ def final_report(config: Path, root: str | Path, wdir: Path, python: str = sys.e
     Raises:
         RuntimeError: if no report can be found or made.
     """
-    report, ckpt = _latest_report(wdir), _final_checkpoint(wdir)
+    report, ckpt = _latest_report(wdir), final_checkpoint(wdir)
     if ckpt is not None and (report is None or report.stat().st_mtime < ckpt.stat().st_mtime):
         subprocess.run([python, str(Path(root) / "tools" / "test.py"), str(config), str(ckpt),
                         "--work-dir", str(wdir)], check=True, cwd=root, stdout=log, stderr=log)
@@ -207,7 +208,7 @@ def _evaluate(run: Run, root: str | Path, work_root: str | Path, results_dir: st
         raise RuntimeError(f"{run.key} evaluates the checkpoint of {source}, which has not "
                            "finished: run that row first")
     source_dir = Path(work_root) / str(run.source_key)
-    ckpt = _final_checkpoint(source_dir)
+    ckpt = final_checkpoint(source_dir)
     if ckpt is None:
         raise RuntimeError(f"{run.key}: {run.source_key} is finished but its checkpoint is gone "
                            f"from {source_dir}; delete its record and run it again to evaluate it")

@@ -30,19 +30,10 @@ from typing import Any
 import torch
 from mmengine.config import Config
 
-from mmimb.quality.runs import train_command
+from mmimb.quality.runs import final_checkpoint, train_command
 
 #: Name of the record of a finished training in its work dir.
 FINISHED = "finished.json"
-
-
-def final_checkpoint(work_dir: str | Path) -> Path | None:
-    """The checkpoint that ``{work_dir}/last_checkpoint`` points to, if it exists."""
-    pointer = Path(work_dir) / "last_checkpoint"
-    if not pointer.is_file():
-        return None
-    path = Path(pointer.read_text().strip())
-    return path if path.is_file() else None
 
 
 def trained_classes(checkpoint: Mapping[str, Any]) -> tuple[str, ...] | None:
