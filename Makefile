@@ -18,4 +18,4 @@ lint: setup
 	$(PY) -m mypy
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal

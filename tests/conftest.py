@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmimb.datasets.synthetic import SyntheticConfig, generate
 
@@ -15,6 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 # The label cache of mmimb.stats writes under ~/.cache by default: keep the tests (and the
 # training runs they start in subprocesses) in a folder of their own.
 os.environ["MMIMB_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmimb-test-cache-")
+
+# Under pytest-xdist (``make test`` runs ``-n auto``) every worker trains on one thread, and so
+# do the tools it starts: two workers with a thread pool each would fight over the cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 #: A dataset small enough to train a detector on for a few iterations in seconds.
 TINY = SyntheticConfig(num_classes=4, max_instances=40, imbalance_ratio=10, val_per_class=6,
