@@ -1,4 +1,5 @@
 # Class-balanced sigmoid focal loss (Cui et al., CVPR 2019), counts read from the training set.
+# The number of classes comes from the training set with the counts (no num_classes here).
 _base_ = './retinanet_r18tiny_fpn_2k_ltsynth.py'
 
 model = dict(
@@ -7,7 +8,6 @@ model = dict(
             _delete_=True,
             type='ClassBalancedFocalLoss',
             use_sigmoid=True,
-            num_classes=12,
             gamma=2.0,
             alpha=0.25,
             class_counts='auto',
