@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import os
 import sys
 import tempfile
@@ -42,16 +41,8 @@ from mmimb.analysis.resampling import ResamplingEffect, format_effect, resamplin
 from mmimb.analysis.sources import DatasetSource, load_source
 from mmimb.analysis.summary import DEFAULT_MAX_REPEAT, format_summary, summarize_dataset
 from mmimb.evaluation.groups import GROUPINGS
-from mmimb.evaluation.long_tail import LongTailResult, compare_table, format_table
-from mmimb.stats import GROUP_NAMES, LVIS_COMMON_MAX, LVIS_RARE_MAX
-
-#: What ``results`` reads of a report: top-level keys and their types, then the keys of
-#: ``overall``, of each group and of each class row.
-_REPORT_KEYS: dict[str, type] = {"overall": dict, "groups": dict, "classes": list,
-                                 "count_by": str}
-_OVERALL_KEYS: tuple[str, ...] = ("mAP", "mAP_50")
-_GROUP_KEYS: tuple[str, ...] = ("AP", "AP50", "num_classes")
-_CLASS_KEYS: tuple[str, ...] = ("name", "group", "train_count", "AP", "AP50", "AR")
+from mmimb.evaluation.long_tail import compare_table, format_table, load_result
+from mmimb.stats import LVIS_COMMON_MAX, LVIS_RARE_MAX
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -221,46 +212,6 @@ def run_dataset(args: argparse.Namespace) -> str:
     return text
 
 
-def load_report(path: str | Path) -> LongTailResult:
-    """Read a :class:`~mmimb.evaluation.LongTailMetric` report, checking what ``results`` uses.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: naming the file and the missing or mistyped element, if it is not JSON or
-            not such a report (another json, a report of other keys).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"report {str(path)!r} does not exist")
-    what = f"{path} is not a LongTailMetric report (the long_tail.json it writes)"
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what}: not JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what}: it holds a {type(data).__name__}, not an object")
-    for key, kind in _REPORT_KEYS.items():
-        if not isinstance(data.get(key), kind):
-            found = "no key" if key not in data else f"a {type(data[key]).__name__} as"
-            raise ValueError(f"{what}: {found} {key!r} (a {kind.__name__} expected; its keys: "
-                             f"{sorted(data)[:8]})")
-    groups = {name: data["groups"].get(name) for name in GROUP_NAMES}
-    parts = [("overall", data["overall"], _OVERALL_KEYS),
-             *((f"groups[{name!r}]", g, _GROUP_KEYS) for name, g in groups.items()),
-             *((f"classes[{i}]", row, _CLASS_KEYS) for i, row in enumerate(data["classes"]))]
-    for where, part, keys in parts:
-        if not isinstance(part, dict):
-            raise ValueError(f"{what}: {where} is {'missing' if part is None else part!r}, "
-                             f"not an object with {list(keys)}")
-        missing = [k for k in keys if k not in part]
-        if missing:
-            raise ValueError(f"{what}: {where} has no {missing}")
-    bad = sorted({row["group"] for row in data["classes"]} - set(GROUP_NAMES))
-    if bad:
-        raise ValueError(f"{what}: class groups {bad}; groups are {list(GROUP_NAMES)}")
-    return LongTailResult.from_dict(data)
-
-
 def run_results(args: argparse.Namespace) -> str:
     """Plot a metric report (and its difference to a baseline). Returns the printed text.
 
@@ -268,8 +219,8 @@ def run_results(args: argparse.Namespace) -> str:
     """
     from mmimb.analysis.plots import plot_ap_difference, plot_ap_vs_frequency
 
-    result = load_report(args.result)
-    baseline = load_report(args.baseline) if args.baseline else None
+    result = load_result(args.result)
+    baseline = load_result(args.baseline) if args.baseline else None
     text = format_table(result)
     if baseline is not None:
         text += "\n\n" + compare_table({args.labels[0]: baseline, args.labels[1]: result})

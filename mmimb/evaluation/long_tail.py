@@ -426,9 +426,54 @@ def write_report(result: LongTailResult, out_dir: str | Path, stem: str = "long_
     return out / f"{stem}.json"
 
 
+#: What tables and plots read of a report: top-level keys and their types, then the keys of
+#: ``overall``, of each group and of each class row.
+_REPORT_KEYS: dict[str, type] = {"overall": dict, "groups": dict, "classes": list,
+                                 "count_by": str}
+_OVERALL_KEYS: tuple[str, ...] = ("mAP", "mAP_50")
+_GROUP_KEYS: tuple[str, ...] = ("AP", "AP50", "num_classes")
+_CLASS_KEYS: tuple[str, ...] = ("name", "group", "train_count", "AP", "AP50", "AR")
+
+
 def load_result(path: str | Path) -> LongTailResult:
-    """Read a report written by :func:`write_report`."""
-    return LongTailResult.from_dict(json.loads(Path(path).read_text()))
+    """Read a report written by :func:`write_report` (a ``LongTailMetric``'s
+    ``long_tail.json``), checking the elements that tables and plots read.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming the file and the missing or mistyped element, if it is not JSON or
+            not such a report (another json, a report of other keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report {str(path)!r} does not exist")
+    what = f"{path} is not a LongTailMetric report (the long_tail.json it writes)"
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what}: not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: it holds a {type(data).__name__}, not an object")
+    for key, kind in _REPORT_KEYS.items():
+        if not isinstance(data.get(key), kind):
+            found = "no key" if key not in data else f"a {type(data[key]).__name__} as"
+            raise ValueError(f"{what}: {found} {key!r} (a {kind.__name__} expected; its keys: "
+                             f"{sorted(data)[:8]})")
+    groups = {name: data["groups"].get(name) for name in GROUP_NAMES}
+    parts = [("overall", data["overall"], _OVERALL_KEYS),
+             *((f"groups[{name!r}]", g, _GROUP_KEYS) for name, g in groups.items()),
+             *((f"classes[{i}]", row, _CLASS_KEYS) for i, row in enumerate(data["classes"]))]
+    for where, part, keys in parts:
+        if not isinstance(part, dict):
+            raise ValueError(f"{what}: {where} is {'missing' if part is None else part!r}, "
+                             f"not an object with {list(keys)}")
+        missing = [k for k in keys if k not in part]
+        if missing:
+            raise ValueError(f"{what}: {where} has no {missing}")
+    bad = sorted({row["group"] for row in data["classes"]} - set(GROUP_NAMES))
+    if bad:
+        raise ValueError(f"{what}: class groups {bad}; groups are {list(GROUP_NAMES)}")
+    return LongTailResult.from_dict(data)
 
 
 def compare_table(results: dict[str, LongTailResult]) -> str:
