@@ -30,6 +30,11 @@ Commands::
 
     python -P mmimb/setup_plan.py plan --find-links "$PIP_FIND_LINKS"   # shell assignments
     python -P mmimb/setup_plan.py verify                                 # mmcv's CUDA kernels run
+    python -P mmimb/setup_plan.py plan --target 9.0 --find-links ...     # for GPUs elsewhere
+
+``--target`` plans a CUDA build for GPUs that are not on this machine (a CPU login node
+building the wheel for GPU nodes, or checking that the build works): the plan is the one a
+machine with those GPUs would get, except that an installed mmcv is never kept.
 """
 
 from __future__ import annotations
@@ -408,24 +413,48 @@ def _installed_mmcv() -> str | None:
     return importlib.metadata.version("mmcv")
 
 
-def gather_facts(find_links: str = "") -> MachineFacts:
-    """Read :class:`MachineFacts` from this machine and this Python (imports torch)."""
+def parse_capability(text: str) -> tuple[int, int]:
+    """``'9.0'`` -> ``(9, 0)``.
+
+    Raises:
+        ValueError: for anything but ``MAJOR.MINOR`` (e.g. ``'sm_90'`` or ``'9'``).
+    """
+    match = re.fullmatch(r"(\d+)\.(\d)", text.strip())
+    if match is None:
+        raise ValueError(f"target must be a compute capability MAJOR.MINOR such as 9.0 (H100, "
+                         f"H200) or 8.0 (A100), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def gather_facts(find_links: str = "",
+                 targets: Sequence[tuple[int, int]] = ()) -> MachineFacts:
+    """Read :class:`MachineFacts` from this machine and this Python (imports torch).
+
+    Args:
+        find_links: see :func:`wheel_candidates`.
+        targets: compute capabilities of GPUs elsewhere to build for instead of this
+            machine's (a cross-build: no GPU needed, an installed mmcv is never kept).
+    """
     import torch
 
+    common = dict(torch_cuda=torch.version.cuda, torch_arches=torch.cuda.get_arch_list(),
+                  site_packages=sysconfig.get_paths()["purelib"],
+                  wheels=wheel_candidates(find_links),
+                  python_tag=f"cp{sys.version_info.major}{sys.version_info.minor}",
+                  platform_tag=re.sub(r"[-.]", "_", sysconfig.get_platform()))
+    if targets:
+        return MachineFacts(cuda_available=True, capabilities=list(targets),
+                            device_names=["target GPUs elsewhere (none here)"],
+                            system_toolkit=find_system_toolkit(), **common)  # type: ignore[arg-type]
     available = torch.cuda.is_available()
     count = torch.cuda.device_count() if available else 0
     return MachineFacts(
         cuda_available=available,
         capabilities=[torch.cuda.get_device_capability(i) for i in range(count)],
         device_names=[torch.cuda.get_device_name(i) for i in range(count)],
-        torch_cuda=torch.version.cuda,
-        torch_arches=torch.cuda.get_arch_list(),
         system_toolkit=find_system_toolkit() if available else None,
-        site_packages=sysconfig.get_paths()["purelib"],
-        wheels=wheel_candidates(find_links),
-        python_tag=f"cp{sys.version_info.major}{sys.version_info.minor}",
-        platform_tag=re.sub(r"[-.]", "_", sysconfig.get_platform()),
         installed_mmcv=_installed_mmcv() if available else None,
+        **common,  # type: ignore[arg-type]
     )
 
 
@@ -460,11 +489,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan_parser = sub.add_parser("plan", help="print the plan as bash assignments")
     plan_parser.add_argument("--find-links", default="",
                              help="wheel folders, space-separated (pip's PIP_FIND_LINKS)")
+    plan_parser.add_argument("--target", action="append", default=[], metavar="MAJOR.MINOR",
+                             help="plan a CUDA build for GPUs of this compute capability "
+                                  "elsewhere (repeatable; no GPU needed here)")
     sub.add_parser("verify", help="check that mmcv's CUDA kernels run on this GPU")
     args = parser.parse_args(argv)
     try:
         if args.command == "plan":
-            print(shell_assignments(plan_mmcv(gather_facts(args.find_links))), end="")
+            targets = [parse_capability(text) for text in args.target]
+            print(shell_assignments(plan_mmcv(gather_facts(args.find_links, targets))), end="")
         else:
             print(f"[setup] {verify_cuda_kernels()}")
     except (ValueError, RuntimeError) as err:

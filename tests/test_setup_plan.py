@@ -17,7 +17,9 @@ from mmimb.setup_plan import (
     cuda_arch_list,
     describe_kernels,
     find_system_toolkit,
+    gather_facts,
     local_tag,
+    parse_capability,
     parse_nvcc_release,
     plan_mmcv,
     reusable_wheel,
@@ -213,3 +215,27 @@ def test_describe_kernels(available: bool, mmcv_cuda: str, routed: bool, in_use:
     assert ("CPU kernels only" in text) == (mmcv_cuda == "not available")
     assert ("nms, roi_align_forward" in text) == (available and routed
                                                   and mmcv_cuda == "not available")
+
+
+def test_cross_build_plans_for_target_gpus_without_one() -> None:
+    # MMIMB_CUDA_TARGETS on a CPU machine: the plan a 9.0 + 8.0 machine would get, from this
+    # machine's torch, and never "keep the installed mmcv" (here a CPU one).
+    import torch
+
+    facts = gather_facts("", [(9, 0), (8, 0)])
+    assert facts.cuda_available and facts.installed_mmcv is None
+    assert facts.torch_cuda == torch.version.cuda
+    plan = plan_mmcv(facts)
+    if torch.version.cuda is None:  # a CPU-only torch cannot build CUDA kernels
+        assert plan.kind == "cpu"
+        return
+    assert (plan.kind, plan.arch_list, plan.keep_installed) == ("cuda", "8.0;9.0", False)
+    assert plan.local_tag == local_tag(torch.version.cuda, ["8.0", "9.0"])
+    assert plan.build_env["FORCE_CUDA"] == "1" and "none here" in plan.reason
+
+
+@pytest.mark.parametrize("text", ["sm_90", "9", "9.0.1", "", "nine"])
+def test_bad_target_capability_names_the_form(text: str) -> None:
+    assert parse_capability(" 9.0 ") == (9, 0)
+    with pytest.raises(ValueError, match=r"target must be a compute capability MAJOR\.MINOR"):
+        parse_capability(text)

@@ -14,6 +14,10 @@
 # CUDA and these GPUs, e.g. 2.1.0+cu130.sm90, or build one with the system
 # nvcc when it is torch's CUDA release, otherwise with NVIDIA's nvcc from PyPI).
 # Without a device node nothing of this runs: the CPU path is unchanged.
+#
+# MMIMB_CUDA_TARGETS="9.0 8.0" also builds that CUDA wheel on a machine without a GPU (a login
+# node building for GPU nodes): compute capabilities of the GPUs it is for. The wheel lands in
+# .cache/wheels/cuda/ and is not installed here; copy it to a wheel folder of the GPU machines.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,8 +46,8 @@ fingerprint=$(cat "$ROOT/pyproject.toml" "$ROOT/tools/setup_env.sh" "$ROOT/mmimb
   sha256sum | cut -d' ' -f1)
 # The stamp names the path taken; a CPU set-up is redone once a GPU appears.
 stamp=$(cat "$STAMP" 2>/dev/null || true)
-if [ "$stamp" = "$fingerprint cuda" ] ||
-    { [ "$stamp" = "$fingerprint cpu" ] && ! nvidia_device_present; }; then
+if [ -z "${MMIMB_CUDA_TARGETS:-}" ] && { [ "$stamp" = "$fingerprint cuda" ] ||
+    { [ "$stamp" = "$fingerprint cpu" ] && ! nvidia_device_present; }; }; then
   exit 0
 fi
 
@@ -71,8 +75,9 @@ fetch_mmcv_source() {
   sed -i 's/-std=c++17/-std=c++20/g' "$1/mmcv-2.1.0/setup.py"
 }
 
-install_mmcv_cuda() {
-  local cuda_wheels="$WHEEL_CACHE/cuda" wheel build
+# Sets $wheel: the plan's CUDA wheel, built first unless the plan reuses one.
+build_mmcv_cuda() {
+  local cuda_wheels="$WHEEL_CACHE/cuda" build
   wheel="$MMCV_WHEEL"
   if [ -z "$wheel" ]; then
     if [ "$MMCV_COMPILER" = pip ]; then
@@ -102,9 +107,29 @@ install_mmcv_cuda() {
     rm -rf "$build"
     wheel=$(ls "$cuda_wheels"/mmcv-2.1.0+"$MMCV_LOCAL_TAG"-*.whl)
   fi
+}
+
+install_mmcv_cuda() {
+  local wheel
+  build_mmcv_cuda
   echo "[setup] installing $(basename "$wheel")"
   "${pip[@]}" --no-index --no-deps --force-reinstall "$wheel"
 }
+
+if [ -n "${MMIMB_CUDA_TARGETS:-}" ]; then
+  targets=()
+  for target in $MMIMB_CUDA_TARGETS; do targets+=(--target "$target"); done
+  plan=$("$VENV/bin/python" -P "$ROOT/mmimb/setup_plan.py" plan --find-links "$PIP_FIND_LINKS" \
+    "${targets[@]}")
+  (
+    eval "$plan"
+    echo "[setup] MMIMB_CUDA_TARGETS: $MMCV_REASON"
+    started=$SECONDS
+    build_mmcv_cuda
+    echo "[setup] CUDA wheel (not installed here): $wheel, $(du -h "$wheel" | cut -f1)," \
+      "$((SECONDS - started)) s"
+  )
+fi
 
 if [ "$MMCV_PLAN" = cuda ]; then
   if [ "$MMCV_KEEP_INSTALLED" != 1 ]; then
