@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, run in enumerate(todo[:args.max_runs]):
         source = waiting_for(run, args.results_dir)
         if source is not None:
-            print(f"[quality] skip {run.key}: it evaluates {source}, not finished", flush=True)
+            print(f"[quality] skip {run.key}: it needs {source}, not finished", flush=True)
             continue
         start = time.perf_counter()
         print(f"[quality] run {i + 1}/{len(todo)}: {run.key}", flush=True)

@@ -98,6 +98,23 @@ def test_evaluation_only_rows_need_an_earlier_training_row_with_their_seeds() ->
         parse_matrix(matrix(base, post, dict(post, name="post2", eval_from="post")), REPO)
 
 
+def test_second_stage_rows_start_from_an_earlier_training_row() -> None:
+    base = {"name": "base", "config": BASE, "seeds": [0, 1]}
+    stage2 = {"name": "crt", "config": BASE, "seeds": [1], "init_from": "base"}
+    table = parse_matrix(matrix(base, stage2), REPO)[0]
+    assert table.rows[1].source == "base" and not table.rows[1].eval_from
+    assert Run("t", table.rows[1], 1).source_key == "t/base/seed1"
+    post = {"name": "post", "config": BASE, "seeds": [0], "eval_from": "base"}
+    with pytest.raises(ValueError, match=r"init_from='post' must name an earlier row that trains"):
+        parse_matrix(matrix(base, post, dict(stage2, init_from="post")), REPO)
+    with pytest.raises(ValueError, match=r"seeds \[2\] have no run in row 'base'"):
+        parse_matrix(matrix(base, dict(stage2, seeds=[2])), REPO)
+    with pytest.raises(ValueError, match="exclude each other"):
+        parse_matrix(matrix(base, dict(stage2, eval_from="base")), REPO)
+    with pytest.raises(TypeError, match="init_from must be a row name"):
+        parse_matrix(matrix(base, dict(stage2, init_from=["base"])), REPO)
+
+
 def test_a_method_with_another_budget_is_refused_unless_it_says_so() -> None:
     base = {"name": "base", "config": BASE, "seeds": [0]}
     longer = {"name": "rfs", "config": RFS, "seeds": [0],
@@ -235,6 +252,11 @@ name = "again"
 config = "{base_cfg}"
 seeds = [0, 1]
 eval_from = "baseline"
+[[table.row]]
+name = "stage2"
+config = "{rfs_cfg}"
+seeds = [0]
+init_from = "baseline"
 """)
     results, work, out = tmp_path / "records", tmp_path / "work", tmp_path / "tables"
     args = ["--matrix", str(toml), "--results-dir", str(results), "--work-root", str(work),
@@ -268,7 +290,14 @@ eval_from = "baseline"
                for p in results.rglob("*.json")}
     assert sorted(records) == ["tiny/again/seed0.json", "tiny/again/seed1.json",
                                "tiny/baseline/seed0.json", "tiny/baseline/seed1.json",
-                               "tiny/rfs/seed0.json", "tiny/rfs/seed1.json"]
+                               "tiny/rfs/seed0.json", "tiny/rfs/seed1.json",
+                               "tiny/stage2/seed0.json"]
+    # The second stage trained from the final checkpoint of the same seed's baseline run.
+    stage2 = records["tiny/stage2/seed0.json"]
+    assert (stage2["init_from"], stage2["eval_from"]) == ("tiny/baseline/seed1", None)
+    start = (work / "tiny/baseline/seed1/last_checkpoint").read_text().strip()
+    assert f"load_from='{start}'" in (work / "tiny/stage2/seed1/config.py").read_text()
+    assert (work / "tiny/stage2/seed1/iter_4.pth").is_file()
     # Evaluation-only rows trained nothing: the baseline's checkpoints with the baseline's
     # config give the baseline's numbers.
     for seed in (0, 1):

@@ -30,7 +30,10 @@ is its baseline, the others are methods compared with it::
 
 A row with ``eval_from`` trains nothing: each of its seeds evaluates the final checkpoint of the
 named earlier row's run with the same seed, with its own config (a post-hoc change such as an
-inference-time logit adjustment). Its seeds must be a subset of that row's.
+inference-time logit adjustment). A row with ``init_from`` trains its config starting from that
+checkpoint (``load_from``; a second stage such as classifier re-training, whose extra iterations
+its ``budget_note`` states). Either way its seeds must be a subset of the named row's, and that
+row must train.
 
 Honesty rule (:func:`check_budgets`): every method of a table is trained and evaluated like its
 baseline: same training loop and number of iterations (or epochs), batch size, evaluation
@@ -64,6 +67,8 @@ class Row:
         budget_note: how the row's budget differs from the baseline's ('' when it does not).
         eval_from: name of an earlier row whose checkpoints this row evaluates without
             training ('' for a row that trains).
+        init_from: name of an earlier row whose checkpoints this row's training starts from
+            ('' for a row that starts from its config's weights).
     """
 
     name: str
@@ -73,6 +78,12 @@ class Row:
     cfg_options: dict[str, Any] = field(default_factory=dict)
     budget_note: str = ""
     eval_from: str = ""
+    init_from: str = ""
+
+    @property
+    def source(self) -> str:
+        """The row whose checkpoints this row evaluates or starts from ('' for none)."""
+        return self.eval_from or self.init_from
 
     @property
     def title(self) -> str:
@@ -111,7 +122,8 @@ def _name(value: Any, what: str) -> str:
 
 
 def _row(data: dict[str, Any], where: str, root: Path) -> Row:
-    known = {"name", "config", "seeds", "label", "cfg_options", "budget_note", "eval_from"}
+    known = {"name", "config", "seeds", "label", "cfg_options", "budget_note", "eval_from",
+             "init_from"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {sorted(known)}")
@@ -128,26 +140,33 @@ def _row(data: dict[str, Any], where: str, root: Path) -> Row:
     options = data.get("cfg_options", {})
     if not isinstance(options, dict):
         raise TypeError(f"{where}.cfg_options must be a table of key = value, got {options!r}")
-    eval_from = data.get("eval_from", "")
-    if not isinstance(eval_from, str):
-        raise TypeError(f"{where}.eval_from must be a row name, got {eval_from!r}")
+    sources = {}
+    for key in ("eval_from", "init_from"):
+        sources[key] = data.get(key, "")
+        if not isinstance(sources[key], str):
+            raise TypeError(f"{where}.{key} must be a row name, got {sources[key]!r}")
+    if sources["eval_from"] and sources["init_from"]:
+        raise ValueError(f"{where}: eval_from (evaluate without training) and init_from (train "
+                         "from a checkpoint) exclude each other; keep one")
     return Row(name, config, tuple(seeds), str(data.get("label", "")), dict(options),
-               str(data.get("budget_note", "")), eval_from)
+               str(data.get("budget_note", "")), sources["eval_from"], sources["init_from"])
 
 
-def _check_eval_from(rows: Sequence[Row], table: str) -> None:
+def _check_sources(rows: Sequence[Row], table: str) -> None:
     for i, row in enumerate(rows):
-        if not row.eval_from:
+        if not row.source:
             continue
+        key = "eval_from" if row.eval_from else "init_from"
         earlier = {r.name: r for r in rows[:i] if not r.eval_from}
-        source = earlier.get(row.eval_from)
+        source = earlier.get(row.source)
         if source is None:
-            raise ValueError(f"table {table!r} row {row.name!r}: eval_from={row.eval_from!r} "
+            raise ValueError(f"table {table!r} row {row.name!r}: {key}={row.source!r} "
                              f"must name an earlier row that trains, one of {sorted(earlier)}")
         missing = sorted(set(row.seeds) - set(source.seeds))
         if missing:
             raise ValueError(f"table {table!r} row {row.name!r}: seeds {missing} have no run in "
-                             f"row {source.name!r} (seeds {list(source.seeds)}) to evaluate")
+                             f"row {source.name!r} (seeds {list(source.seeds)}) to start from "
+                             "or evaluate")
 
 
 def parse_matrix(data: dict[str, Any], root: str | Path) -> list[Table]:
@@ -172,7 +191,7 @@ def parse_matrix(data: dict[str, Any], root: str | Path) -> list[Table]:
         names = [r.name for r in rows]
         if len(set(names)) != len(names):
             raise ValueError(f"table {name!r}: duplicate row names in {names}")
-        _check_eval_from(rows, name)
+        _check_sources(rows, name)
         if rows[0].budget_note:
             raise ValueError(f"table {name!r}: the baseline row {rows[0].name!r} defines the "
                              "budget and cannot have a budget_note")

@@ -9,6 +9,8 @@ record to ``{results_dir}/{table}/{row}/seed{seed}.json``:
   that checkpoint (``--resume``), so a stopped matrix picks up where it stopped;
 - a row with ``eval_from`` trains nothing: its run evaluates the final checkpoint of the same
   seed's run of that row (which must be finished) with ``tools/test.py`` and its own config;
+- a row with ``init_from`` trains its config from the final checkpoint of the same seed's run
+  of that row (which must be finished) as ``load_from``;
 - the record holds the long-tail report of the final evaluation, the settings, the budget, the
   wall time of every process that trained the run (summed) and the machine.
 
@@ -51,8 +53,8 @@ class Run:
 
     @property
     def source_key(self) -> str | None:
-        """Key of the run whose checkpoint this run evaluates (None: it trains)."""
-        return f"{self.table}/{self.row.eval_from}/seed{self.seed}" if self.row.eval_from else None
+        """Key of the run whose checkpoint this run evaluates or starts from (None: neither)."""
+        return f"{self.table}/{self.row.source}/seed{self.seed}" if self.row.source else None
 
 
 def record_path(results_dir: str | Path, run: Run) -> Path:
@@ -66,7 +68,7 @@ def work_dir(work_root: str | Path, run: Run) -> Path:
 
 
 def waiting_for(run: Run, results_dir: str | Path) -> str | None:
-    """Key of the unfinished run this evaluation-only run waits for (None: it can run)."""
+    """Key of the unfinished run this run evaluates or starts from (None: it can run)."""
     key = run.source_key
     return key if key and not (Path(results_dir) / f"{key}.json").is_file() else None
 
@@ -184,8 +186,10 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     """
     wdir = work_dir(work_root, run)
     wdir.mkdir(parents=True, exist_ok=True)
-    if run.source_key:
+    if run.row.eval_from:
         return _evaluate(run, root, work_root, results_dir, budget, extra, python, log)
+    if run.row.init_from:
+        extra = {**(extra or {}), "load_from": str(_source_checkpoint(run, work_root, results_dir))}
     segments_file = wdir / "quality_segments.json"
     segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
     config = write_run_config(run, root, wdir, extra)
@@ -199,19 +203,25 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     return _write_record(run, results_dir, budget, extra, segments, report)
 
 
-def _evaluate(run: Run, root: str | Path, work_root: str | Path, results_dir: str | Path,
-              budget: dict[str, Any], extra: dict[str, Any] | None, python: str,
-              log: Any) -> dict[str, Any]:
-    """Evaluate the final checkpoint of ``run.source_key`` with the run's own config."""
+def _source_checkpoint(run: Run, work_root: str | Path, results_dir: str | Path) -> Path:
+    """The final checkpoint of ``run.source_key``, which must be finished."""
     source = waiting_for(run, results_dir)
     if source is not None:
-        raise RuntimeError(f"{run.key} evaluates the checkpoint of {source}, which has not "
+        raise RuntimeError(f"{run.key} needs the checkpoint of {source}, which has not "
                            "finished: run that row first")
     source_dir = Path(work_root) / str(run.source_key)
     ckpt = final_checkpoint(source_dir)
     if ckpt is None:
         raise RuntimeError(f"{run.key}: {run.source_key} is finished but its checkpoint is gone "
-                           f"from {source_dir}; delete its record and run it again to evaluate it")
+                           f"from {source_dir}; delete its record and run it again")
+    return ckpt
+
+
+def _evaluate(run: Run, root: str | Path, work_root: str | Path, results_dir: str | Path,
+              budget: dict[str, Any], extra: dict[str, Any] | None, python: str,
+              log: Any) -> dict[str, Any]:
+    """Evaluate the final checkpoint of ``run.source_key`` with the run's own config."""
+    ckpt = _source_checkpoint(run, work_root, results_dir)
     wdir = work_dir(work_root, run)
     config = write_run_config(run, root, wdir, extra)
     started = time.perf_counter()
@@ -233,7 +243,8 @@ def _write_record(run: Run, results_dir: str | Path, budget: dict[str, Any],
         "table": run.table, "row": run.row.name, "seed": run.seed,
         "config": run.row.config,
         "cfg_options": {**run.row.cfg_options, **(extra or {})},
-        "eval_from": run.source_key,
+        "eval_from": run.source_key if run.row.eval_from else None,
+        "init_from": run.source_key if run.row.init_from else None,
         "budget": budget,
         "wall_s": sum(s["seconds"] for s in segments),
         "segments": segments,

@@ -95,6 +95,7 @@ def summarize(table: Table, records: dict[str, dict[int, dict[str, Any]]]) -> di
             "wall_min": (spread([r["wall_s"] / 60 for r in recs.values()]) if recs else None),
             "budget_note": row.budget_note,
             "eval_from": row.eval_from,
+            "init_from": row.init_from,
             "machines": sorted({r["machine"] for r in recs.values()}),
             "finished": sorted(r["finished"] for r in recs.values()),
         })
@@ -146,6 +147,8 @@ def format_markdown(summary: dict[str, Any], command: str = "") -> str:
         label = r["label"] + (f" ({r['budget_note']})" if r["budget_note"] else "")
         if r.get("eval_from"):
             label += f" (no training: {r['eval_from']}'s checkpoints)"
+        if r.get("init_from"):
+            label += f" (trained from {r['init_from']}'s checkpoints)"
         if r is base:
             label += " (baseline)"
         cells = [_mean_sd(r["metrics"].get(k)) for k, _ in OVERALL]
