@@ -294,10 +294,11 @@ init_from = "baseline"
                                "tiny/stage2/seed0.json"]
     # The second stage trained from the final checkpoint of the same seed's baseline run.
     stage2 = records["tiny/stage2/seed0.json"]
-    assert (stage2["init_from"], stage2["eval_from"]) == ("tiny/baseline/seed1", None)
-    start = (work / "tiny/baseline/seed1/last_checkpoint").read_text().strip()
-    assert f"load_from='{start}'" in (work / "tiny/stage2/seed1/config.py").read_text()
-    assert (work / "tiny/stage2/seed1/iter_4.pth").is_file()
+    assert (stage2["init_from"], stage2["eval_from"]) == ("tiny/baseline/seed0", None)
+    start = (work / "tiny/baseline/seed0/last_checkpoint").read_text().strip()
+    config_text = (work / "tiny/stage2/seed0/config.py").read_text().replace(" ", "")
+    assert f"load_from='{start}'" in config_text
+    assert (work / "tiny/stage2/seed0/iter_4.pth").is_file()
     # Evaluation-only rows trained nothing: the baseline's checkpoints with the baseline's
     # config give the baseline's numbers.
     for seed in (0, 1):
@@ -322,3 +323,36 @@ init_from = "baseline"
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == mtimes
     md = (out / "tiny.md").read_text()
     assert "| rfs | 2/2 | 4 it x 2 |" in md and (out / "tiny_gain.png").is_file()
+
+
+def test_an_ensemble_row_states_its_cost() -> None:
+    # The shipped EasyEnsemble config trains 3 models: refused without a budget_note.
+    base = {"name": "base", "config": BASE, "seeds": [0]}
+    ensemble = {"name": "ens", "config": "configs/faster_rcnn/"
+                "easyensemble_faster-rcnn_r18tiny_fpn_1k_ltsynth.py", "seeds": [0]}
+    with pytest.raises(ValueError, match=r"models: baseline 1, row 3"):
+        check_budgets(parse_matrix(matrix(base, ensemble), REPO), REPO)
+    budgets = check_budgets(parse_matrix(matrix(base, dict(ensemble, budget_note="3x")), REPO),
+                            REPO)
+    assert budgets["t", "ens"]["models"] == 3 and budgets["t", "base"]["models"] == 1
+
+
+@pytest.mark.slow
+def test_smoke_ensemble_row_records_the_fused_evaluation(tmp_path: Path, tiny_root: Path) -> None:
+    """A row whose config is a balanced ensemble trains its members through the harness and
+    records the evaluation of their fused predictions."""
+    from tests.test_ensemble import ensemble_config
+
+    config = ensemble_config(tmp_path, tiny_root)
+    toml = tmp_path / "matrix.toml"
+    toml.write_text(f'[[table]]\nname = "ens"\n[[table.row]]\nname = "easy"\n'
+                    f'config = "{config}"\nseeds = [0]\n')
+    results, work, out = tmp_path / "records", tmp_path / "work", tmp_path / "tables"
+    assert load_cli().main(["--matrix", str(toml), "--results-dir", str(results), "--work-root",
+                            str(work), "--out-dir", str(out)]) == 0
+    record = json.loads((results / "ens/easy/seed0.json").read_text())
+    fused = json.loads((work / "ens/easy/seed0/ensemble.json").read_text())["fused"]
+    assert record["report"]["overall"] == fused["overall"]
+    assert record["budget"]["models"] == 2
+    assert sorted({s["member"] for s in record["segments"]}) == [0, 1]
+    assert "| easy (baseline) | 1/1 | 4 it x 2 x 2 models |" in (out / "ens.md").read_text()

@@ -249,8 +249,10 @@ def budget(cfg: Any) -> dict[str, Any]:
     """What must be equal across a table's rows: training length, batch, evaluation data.
 
     Returns:
-        ``{'loop', 'iters', 'epochs', 'batch_size', 'eval_data', 'evaluator'}``; ``eval_data``
-        names the validation dataset (its type, annotation file or split, data root).
+        ``{'loop', 'iters', 'epochs', 'batch_size', 'models', 'eval_data', 'evaluator'}``;
+        ``models`` is the number of models trained (an ensemble's members, else 1);
+        ``eval_data`` names the validation dataset (its type, annotation file or split, data
+        root).
     """
     train = cfg.train_cfg
     val = _dataset_leaf(cfg.val_dataloader)
@@ -261,6 +263,7 @@ def budget(cfg: Any) -> dict[str, Any]:
         "iters": train.get("max_iters"),
         "epochs": train.get("max_epochs"),
         "batch_size": cfg.train_dataloader.batch_size,
+        "models": int((cfg.get("ensemble") or {}).get("members", 1)),
         "eval_data": {k: val.get(k) for k in ("type", "ann_file", "split", "data_root")},
         "evaluator": evaluator,
     }

@@ -9,6 +9,9 @@ record to ``{results_dir}/{table}/{row}/seed{seed}.json``:
   that checkpoint (``--resume``), so a stopped matrix picks up where it stopped;
 - a row with ``eval_from`` trains nothing: its run evaluates the final checkpoint of the same
   seed's run of that row (which must be finished) with ``tools/test.py`` and its own config;
+- a row whose config has an ``ensemble`` setting trains a balanced ensemble
+  (:func:`mmimb.strategies.run_ensemble`: ``K`` members in ``member{k}/``, each resumable) and
+  records the evaluation of the members' fused predictions;
 - a row with ``init_from`` trains its config from the final checkpoint of the same seed's run
   of that row (which must be finished) as ``load_from``;
 - the record holds the long-tail report of the final evaluation, the settings, the budget, the
@@ -193,6 +196,8 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     segments_file = wdir / "quality_segments.json"
     segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
     config = write_run_config(run, root, wdir, extra)
+    if load_row_config(run.row, root, extra).get("ensemble"):
+        return _train_ensemble(run, config, root, wdir, results_dir, budget, extra, python, log)
     cmd = train_command(config, root, wdir, python)
     start_iter = _resumed_at(wdir) if "--resume" in cmd else None
     started = time.perf_counter()
@@ -200,6 +205,24 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     report = final_report(config, root, wdir, python, log)
     segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
     segments_file.write_text(json.dumps(segments))
+    return _write_record(run, results_dir, budget, extra, segments, report)
+
+
+def _train_ensemble(run: Run, config: Path, root: str | Path, wdir: Path,
+                    results_dir: str | Path, budget: dict[str, Any],
+                    extra: dict[str, Any] | None, python: str, log: Any) -> dict[str, Any]:
+    """Train (or resume) the run's balanced ensemble and record its fused evaluation."""
+    from mmimb.strategies.ensemble import run_ensemble  # strategies import this module
+
+    def echo(line: str) -> None:
+        print(line, file=log, flush=True)
+
+    result = run_ensemble(config, wdir, root, python=python, echo=echo)
+    report = _latest_report(wdir / "fused")
+    if report is None:
+        raise RuntimeError(f"the ensemble in {wdir} left no fused long_tail.json")
+    segments = [dict(segment, member=k) for k, member in enumerate(result["members"])
+                for segment in member["segments"]]
     return _write_record(run, results_dir, budget, extra, segments, report)
 
 

@@ -123,7 +123,8 @@ def _budget_text(b: dict[str, Any] | None) -> str:
     if not b:
         return "-"
     length = f"{b['iters']} it" if b.get("iters") else f"{b['epochs']} ep"
-    return f"{length} x {b['batch_size']}"
+    models = b.get("models", 1)
+    return f"{length} x {b['batch_size']}" + (f" x {models} models" if models > 1 else "")
 
 
 def format_markdown(summary: dict[str, Any], command: str = "") -> str:
