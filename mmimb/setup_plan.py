@@ -95,6 +95,9 @@ class MachineFacts:
         torch_arches: ``torch.cuda.get_arch_list()``, e.g. ``['sm_80', 'sm_90', 'sm_120']``.
         system_toolkit: the CUDA toolkit found on the machine, or ``None``.
         site_packages: the venv's ``site-packages`` (where NVIDIA's packages install).
+        torch_cuda_headers: include folders of the NVIDIA library packages torch was installed
+            with (``site-packages/nvidia/cu13/include``: cuBLAS, cuSPARSE, cuSOLVER ...), which
+            torch's CUDA headers include and a minimal toolkit lacks.
         wheels: paths of candidate mmcv wheels (any name; the plan filters them).
         python_tag: this interpreter's wheel tag, e.g. ``'cp311'``.
         platform_tag: this platform's wheel tag, e.g. ``'linux_x86_64'``.
@@ -109,6 +112,7 @@ class MachineFacts:
     torch_arches: Sequence[str] = ()
     system_toolkit: Toolkit | None = None
     site_packages: str = ""
+    torch_cuda_headers: Sequence[str] = ()
     wheels: Sequence[str] = ()
     python_tag: str = "cp311"
     platform_tag: str = "linux_x86_64"
@@ -294,6 +298,8 @@ def plan_mmcv(facts: MachineFacts) -> MmcvPlan:
 
 def _with_compiler(plan: MmcvPlan, facts: MachineFacts, torch_cuda: str) -> MmcvPlan:
     env = {"FORCE_CUDA": "1", "MMCV_WITH_OPS": "1", "TORCH_CUDA_ARCH_LIST": plan.arch_list}
+    if facts.torch_cuda_headers:  # torch's ATen/cuda headers include cusparse.h, cublas_v2.h ...
+        env["CPATH"] = ":".join(facts.torch_cuda_headers)
     toolkit = facts.system_toolkit
     if toolkit is not None and cuda_release(toolkit.version) == cuda_release(torch_cuda):
         return replace(plan, compiler="system", build_env={**env, "CUDA_HOME": toolkit.home},
@@ -437,8 +443,11 @@ def gather_facts(find_links: str = "",
     """
     import torch
 
+    site_packages = sysconfig.get_paths()["purelib"]
+    headers = sorted(str(p) for p in Path(site_packages).glob("nvidia/*/include")
+                     if (p / "cusparse.h").is_file() or (p / "cublas_v2.h").is_file())
     common = dict(torch_cuda=torch.version.cuda, torch_arches=torch.cuda.get_arch_list(),
-                  site_packages=sysconfig.get_paths()["purelib"],
+                  site_packages=site_packages, torch_cuda_headers=headers,
                   wheels=wheel_candidates(find_links),
                   python_tag=f"cp{sys.version_info.major}{sys.version_info.minor}",
                   platform_tag=re.sub(r"[-.]", "_", sysconfig.get_platform()))

@@ -74,6 +74,17 @@ def test_gpu_with_matching_system_nvcc_builds_with_it() -> None:
     assert plan.local_tag == "cu130.sm90" and not plan.keep_installed and plan.wheel is None
 
 
+def test_build_sees_the_cuda_library_headers_torch_was_installed_with() -> None:
+    # A minimal toolkit (nvcc and the runtime) lacks cusparse.h, which torch's
+    # ATen/cuda/CUDAContextLight.h includes: the headers of torch's NVIDIA packages go on CPATH.
+    headers = [f"{SITE}/nvidia/cu13/include"]
+    for toolkit in (Toolkit("/usr/local/cuda", "13.0"), None):
+        plan = plan_mmcv(gpu_machine(system_toolkit=toolkit, torch_cuda_headers=headers))
+        assert plan.build_env["CPATH"] == headers[0]
+    plan = plan_mmcv(gpu_machine(torch_cuda_headers=[*headers, "/x/include"]))
+    assert plan.build_env["CPATH"] == f"{headers[0]}:/x/include"
+
+
 @pytest.mark.parametrize("toolkit", [None, Toolkit("/usr/local/cuda-12.4", "12.4"),
                                      Toolkit("/opt/cuda", "13.1")])
 def test_gpu_without_matching_nvcc_takes_nvidias_packages(toolkit: Toolkit | None) -> None:
