@@ -163,6 +163,25 @@ def test_mask_paste_changes_only_the_object_pixels(mask_root: Path) -> None:
         assert rect_changed.sum() >= changed.sum()
 
 
+def test_keep_masks_false_pastes_the_same_and_drops_the_masks(mask_root: Path) -> None:
+    cfg = synth_cfg(mask_root)
+    dataset = DATASETS.build(cfg)
+    common = dict(dataset=cfg, freq_thr=0.5, num_objects=(1, 2), prob=0.5, blend="mask", seed=5)
+    kept, dropped = RareClassCopyPaste(**common), RareClassCopyPaste(keep_masks=False, **common)
+    pasted = 0
+    for idx in range(8):  # pasted and unpasted images alike (prob 0.5)
+        before = loaded(dataset, idx)
+        a, b = kept(copy.deepcopy(before)), dropped(copy.deepcopy(before))
+        assert "gt_masks" in a and "gt_masks" not in b
+        np.testing.assert_array_equal(a["img"], b["img"])
+        np.testing.assert_array_equal(a["gt_bboxes"].numpy(), b["gt_bboxes"].numpy())
+        np.testing.assert_array_equal(a["gt_bboxes_labels"], b["gt_bboxes_labels"])
+        pasted += b["num_pasted"] > 0
+    assert 0 < pasted < 8
+    with pytest.raises(TypeError, match="keep_masks must be True or False"):
+        RareClassCopyPaste(dataset=cfg, keep_masks="no")  # type: ignore[arg-type]
+
+
 def test_polygon_targets_lose_the_hidden_pixels(mask_root: Path) -> None:
     t = RareClassCopyPaste(dataset=synth_cfg(mask_root), blend="mask", freq_thr=0.5,
                            num_objects=3, scale_range=(1.5, 1.5), occlusion_thr=1.0, seed=1)

@@ -29,6 +29,7 @@ train_pipeline = [
          prob=0.5,
          scale_range=(0.75, 1.33),
          blend='mask',
+         keep_masks=False,  # Faster R-CNN trains on boxes: Resize and flip skip the masks
          occlusion_thr=0.7,
          max_crops_per_class=50,
          seed=0),

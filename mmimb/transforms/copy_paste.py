@@ -426,7 +426,7 @@ class RareClassCopyPaste(BaseTransform):
     ``scale_factor``.
     Modified keys: ``img``, ``gt_bboxes``, ``gt_bboxes_labels``, ``gt_ignore_flags``, ``gt_masks``
     (becomes ``BitmapMasks``; without ``gt_masks`` in ``results`` the pasted masks are dropped
-    and only the boxes are added). Added key: ``num_pasted`` (objects pasted and kept).
+    and only the boxes are added; removed with ``keep_masks=False``). Added key: ``num_pasted`` (objects pasted and kept).
     ``img_shape`` does not change; ``gt_seg_map`` is not updated.
 
     Args:
@@ -450,6 +450,9 @@ class RareClassCopyPaste(BaseTransform):
         max_crops_per_class: most crops per class in the bank.
         min_crop_size: smallest box side (pixels) of a crop.
         max_crop_side: longer side above which crops are stored downscaled.
+        keep_masks: ``False`` removes ``gt_masks`` from ``results`` after pasting, in every
+            image: for a box-only detector that loads masks for the paste alone, so the
+            transforms after it (``Resize``, flips) do not process masks the model ignores.
         seed: seed of the bank and of the per-image draws.
         lazy_init: build the bank on the first call; ``False`` builds it now (in the main
             process, before data loader workers fork and share it).
@@ -470,7 +473,8 @@ class RareClassCopyPaste(BaseTransform):
                  mix_prob: float = 0.0, mix_range: Sequence[float] = (0.3, 0.7),
                  occlusion_thr: float = 0.7, clip_boxes: bool = True,
                  max_crops_per_class: int = 50, min_crop_size: float = 4,
-                 max_crop_side: int = 256, seed: int = 0, lazy_init: bool = True,
+                 max_crop_side: int = 256, keep_masks: bool = True, seed: int = 0,
+                 lazy_init: bool = True,
                  backend_args: dict[str, Any] | None = None) -> None:
         if dataset is None:
             raise ValueError("dataset is required: the training set or its config dict")
@@ -507,6 +511,9 @@ class RareClassCopyPaste(BaseTransform):
         self.max_crops_per_class = _positive_int(max_crops_per_class, "max_crops_per_class")
         self.min_crop_size = check_number(min_crop_size, "min_crop_size")
         self.max_crop_side = _positive_int(max_crop_side, "max_crop_side")
+        if not isinstance(keep_masks, bool):
+            raise TypeError(f"keep_masks must be True or False, got {keep_masks!r}")
+        self.keep_masks = keep_masks
         self.backend_args = backend_args
         self._rng = ProcessRNG(seed)
         self.seed = self._rng.seed
@@ -630,7 +637,8 @@ class RareClassCopyPaste(BaseTransform):
                 "or place RareClassCopyPaste where the image is 8-bit")
 
     def transform(self, results: dict[str, Any]) -> dict[str, Any]:
-        """Paste objects into ``results`` (see the class docstring for the keys).
+        """Paste objects into ``results`` (see the class docstring for the keys); then drop
+        ``gt_masks`` unless ``keep_masks``.
 
         Raises:
             ValueError: if ``results`` lacks ``img``, ``gt_bboxes`` or ``gt_bboxes_labels``
@@ -649,15 +657,23 @@ class RareClassCopyPaste(BaseTransform):
                 "(grayscale or with an alpha channel); load it with LoadImageFromFile("
                 "color_type='color'), the default, which repeats a gray channel and drops alpha")
         self._check_dtype(img, results.get("img_path"))
+        self._paste(results)
+        if not self.keep_masks:
+            results.pop("gt_masks", None)
+        return results
+
+    def _paste(self, results: dict[str, Any]) -> None:
+        """Paste into the checked ``results`` in place (with probability ``prob``)."""
+        img = results["img"]
         rng = self._rng.get()
         results["num_pasted"] = 0
         if rng.random() >= self.prob:
-            return results
+            return
         height, width = img.shape[:2]
         scale = results.get("scale_factor", (1.0, 1.0))
         patches = self.draw_patches(rng, height, width, (float(scale[0]), float(scale[1])))
         if not patches:
-            return results
+            return
         boxes = results["gt_bboxes"]
         box_array = boxes.numpy() if isinstance(boxes, BaseBoxes) else np.asarray(boxes)
         gt_masks = results.get("gt_masks")
@@ -673,7 +689,6 @@ class RareClassCopyPaste(BaseTransform):
         if out.masks is not None:
             results["gt_masks"] = BitmapMasks(out.masks, height, width)
         results["num_pasted"] = out.num_pasted
-        return results
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(classes={self.classes}, freq_thr={self.freq_thr}, "
