@@ -426,7 +426,8 @@ class RareClassCopyPaste(BaseTransform):
     ``scale_factor``.
     Modified keys: ``img``, ``gt_bboxes``, ``gt_bboxes_labels``, ``gt_ignore_flags``, ``gt_masks``
     (becomes ``BitmapMasks``; without ``gt_masks`` in ``results`` the pasted masks are dropped
-    and only the boxes are added; removed with ``keep_masks=False``). Added key: ``num_pasted`` (objects pasted and kept).
+    and only the boxes are added; removed with ``keep_masks=False``). Added key: ``num_pasted``
+    (objects pasted and kept).
     ``img_shape`` does not change; ``gt_seg_map`` is not updated.
 
     Args:
