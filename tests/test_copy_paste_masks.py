@@ -399,9 +399,10 @@ def test_mask_config_is_the_copy_paste_config_with_masks() -> None:
     assert train.data_root != base_train.data_root          # its own folder, never lt_synth
     paste = [t for t in train.pipeline if t.type == "RareClassCopyPaste"][0]
     base_paste = [t for t in base_train.pipeline if t.type == "RareClassCopyPaste"][0]
-    assert paste.blend == "mask"
-    assert {k: v for k, v in paste.items() if k not in ("blend", "dataset")} == \
-        {k: v for k, v in base_paste.items() if k not in ("blend", "dataset")}
+    assert paste.blend == "mask" and paste.keep_masks is False  # the detector trains on boxes
+    own = ("blend", "dataset", "keep_masks")
+    assert {k: v for k, v in paste.items() if k not in own} == \
+        {k: v for k, v in base_paste.items() if k not in own}
     assert paste.dataset == {k: v for k, v in train.items() if k != "pipeline"}
     assert cfg.val_dataloader == base.val_dataloader and cfg.model == base.model
 
@@ -413,7 +414,8 @@ def test_runner_trains_with_mask_paste(mask_root: Path, tmp_path: Path) -> None:
     train.synthetic = asdict(TINY_MASKS)
     for t in train.pipeline:
         if t.type == "RareClassCopyPaste":
-            t.update(prob=1.0, occlusion_thr=1.0, freq_thr=0.5, mix_prob=0.5)
+            # keep_masks: the masks are checked after Resize and flip (the config drops them).
+            t.update(prob=1.0, occlusion_thr=1.0, freq_thr=0.5, mix_prob=0.5, keep_masks=True)
             t.dataset["synthetic"] = asdict(TINY_MASKS)
     runner, recorder = train_and_record(cfg)
     paste = [t for t in runner.train_dataloader.dataset.pipeline.transforms
