@@ -71,10 +71,10 @@ MMCV_WITHOUT_CUDA = "not available"
 
 #: How to get the kernels the fallback does not cover; part of every error raised here.
 BUILD_MMCV_WITH_CUDA = (
-    "install an mmcv 2.1.0 built with CUDA kernels: on a machine with the CUDA toolkit (nvcc), "
-    "build it from source as tools/setup_env.sh does, with FORCE_CUDA=1 added "
-    "(FORCE_CUDA=1 MMCV_WITH_OPS=1 pip wheel --no-build-isolation --no-deps <mmcv-2.1.0 "
-    "source>), then `pip install --force-reinstall --no-deps` that wheel")
+    "install an mmcv 2.1.0 built with CUDA kernels: run tools/setup_env.sh on this GPU machine "
+    "(it builds one when torch sees a GPU), or build the wheel on another machine with "
+    "MMIMB_CUDA_TARGETS=<compute capability, e.g. 9.0> bash tools/setup_env.sh and "
+    "`pip install --force-reinstall --no-deps` the wheel it leaves in .cache/wheels/cuda/")
 
 
 def needs_fallback(cuda_available: bool, mmcv_cuda: str) -> bool:
