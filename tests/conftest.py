@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -22,6 +24,15 @@ os.environ["MMIMB_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmimb-test-cache-")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+def load_script(path: str) -> ModuleType:
+    """Import a script of the repository (``tools/...``, ``benchmarks/...``) by its path."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 #: A dataset small enough to train a detector on for a few iterations in seconds.
 TINY = SyntheticConfig(num_classes=4, max_instances=40, imbalance_ratio=10, val_per_class=6,

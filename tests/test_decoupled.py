@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmimb.hooks import FreezeExceptHook
 from mmimb.hooks.freeze import freeze_except, matches, split_parameters
 from mmimb.strategies import check_stage2_config, run_decoupled
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, load_script
 from tests.test_train_e2e import write_config
 
 FRCNN = "faster_rcnn/faster-rcnn_r18tiny_fpn_1k_ltsynth.py"
@@ -122,12 +121,7 @@ def tiny_frcnn_config(folder: Path, data_root: Path, base: str, **train_cfg: int
 
 
 def load_tool() -> Any:
-    spec = importlib.util.spec_from_file_location("train_decoupled",
-                                                  REPO / "tools/train_decoupled.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_decoupled.py")
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from mmimb.strategies import (
     member_config,
     run_ensemble,
 )
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, load_script
 from tests.test_samplers import MULTI_LABELS, fake_dataset
 from tests.test_train_e2e import write_config
 
@@ -264,12 +263,7 @@ def ensemble_config(tmp_path: Path, tiny_root: Path) -> Path:
 
 
 def load_tool() -> Any:
-    spec = importlib.util.spec_from_file_location("train_ensemble",
-                                                  REPO / "tools/train_ensemble.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_ensemble.py")
 
 
 def fake_checkpoint(path: Path, cfg: Config, classes: list[str]) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -26,7 +25,7 @@ from mmimb.quality import (
 )
 from mmimb.quality.runs import train_command
 from mmimb.quality.tables import README_BEGIN, README_END, format_markdown, spread, update_readme
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.test_train_e2e import write_config
 
 BASE = "configs/faster_rcnn/faster-rcnn_r18tiny_fpn_1k_ltsynth.py"
@@ -38,11 +37,7 @@ def matrix(*rows: dict[str, Any], name: str = "t") -> dict[str, Any]:
 
 
 def load_cli() -> Any:
-    spec = importlib.util.spec_from_file_location("quality_cli", REPO / "benchmarks/quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality.py")
 
 
 def test_shipped_matrix_parses_and_every_row_has_its_baselines_budget() -> None:

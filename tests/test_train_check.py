@@ -7,27 +7,16 @@ CUDA path is (as ``tests/test_ops_fallback.py`` does).
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Any
-
 import mmcv.ops
 import pytest
 import torch
 
 from mmimb.ops_fallback import route_mmcv_ops, unroute_mmcv_ops
-from tests.conftest import REPO
-
-
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("train_check", REPO / "benchmarks/train_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def test_fallback_calls_are_counted_and_timed_and_results_unchanged() -> None:
-    script = load_script()
+    script = load_script("benchmarks/train_check.py")
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20, 20, 30, 30]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     expected = mmcv.ops.nms(boxes, scores, 0.5)[1]
@@ -46,7 +35,7 @@ def test_fallback_calls_are_counted_and_timed_and_results_unchanged() -> None:
 
 
 def test_bad_iteration_counts_are_refused() -> None:
-    script = load_script()
+    script = load_script("benchmarks/train_check.py")
     with pytest.raises(SystemExit):
         script.parse_args(["--iters", "0"])
     assert script.parse_args([]).iters == 200
