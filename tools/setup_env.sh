@@ -22,6 +22,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
+# mmcv source trees are built under one scratch folder, removed on any exit (a failed build too).
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
 PY="${MMIMB_PYTHON:-python3.11}"
 WHEEL_CACHE="$ROOT/.cache/wheels"
 STAMP="$VENV/.mmimb-setup"
@@ -85,7 +88,7 @@ build_mmcv_cuda() {
       "${pip[@]}" "${MMCV_COMPILER_PACKAGES[@]}"
     fi
     echo "[setup] building mmcv 2.1.0+$MMCV_LOCAL_TAG with CUDA kernels for $MMCV_ARCH_LIST"
-    build=$(mktemp -d)
+    build=$(mktemp -d -p "$SCRATCH")
     fetch_mmcv_source "$build"
     # The version's local label says which CUDA kernels the wheel has (mmcv.__version__ stays
     # 2.1.0: mmcv's version.py parses it as integers).
@@ -141,7 +144,7 @@ elif ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then
   echo "[setup] mmcv 2.1.0 with compiled ops"
   if ! "${pip[@]}" --no-index --no-deps mmcv==2.1.0 2>/dev/null; then
     echo "[setup] no mmcv wheel found: building from the PyPI source (about 16 min on 2 cores)"
-    build=$(mktemp -d)
+    build=$(mktemp -d -p "$SCRATCH")
     fetch_mmcv_source "$build"
     (cd "$build/mmcv-2.1.0" && MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" \
       "$VENV/bin/python" -m pip wheel --quiet --no-build-isolation --no-deps . -w "$WHEEL_CACHE")
