@@ -25,6 +25,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
+
 def load_script(path: str) -> ModuleType:
     """Import a script of the repository (``tools/...``, ``benchmarks/...``) by its path."""
     spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
