@@ -10,9 +10,14 @@ on the device (CUDA when available, else the CPU, which only checks the script i
   and gradient, with per-class alpha and class weights;
 * ``softmax_focal_loss`` equals ``cross_entropy`` at ``gamma=0`` in value and gradient;
 * fp16/bf16 logits of +-100 stay finite;
+* the long-tail loss cores (EQLv2, equalized focal, federated, logit-adjusted CE, ECM, and the
+  per-class gradient sums that feed EQLv2/EFL) give the CPU's value and gradient on the device,
+  and stay finite on fp16 logits of +-100;
 
-then times forward+backward of the fused loss against torchvision's at 200,000 x 80 and prints
-the ratio and peak CUDA memory. Exit status 1 when a check fails.
+then times forward+backward of the fused loss against torchvision's at 200,000 x 80, and of
+each long-tail core at LVIS's RoI-head shape (8,192 RoIs x 1,203 classes) against torch's
+binary / softmax cross-entropy of the same shape, and prints the ratios and peak CUDA memory.
+Exit status 1 when a check fails.
 
 Usage::
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +38,129 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_functional() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "mmimb_functional", ROOT / "mmimb" / "losses" / "functional.py")
+def load_module(name: str) -> Any:
+    """``mmimb.losses.<name>`` loaded by path, without running ``mmimb/__init__.py`` (which
+    imports mmdet); the torch-only loss modules import each other under their package names."""
+    for package, path in (("mmimb", ROOT / "mmimb"), ("mmimb.losses", ROOT / "mmimb" / "losses")):
+        if package not in sys.modules:
+            stub = types.ModuleType(package)
+            stub.__path__ = [str(path)]
+            sys.modules[package] = stub
+    full = f"mmimb.losses.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    spec = importlib.util.spec_from_file_location(full, ROOT / "mmimb" / "losses" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_functional() -> Any:
+    return load_module("functional")
+
+
+def value_and_grad(fn: Any, pred: torch.Tensor,
+                   args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(pred, args)`` summed (its first element when it returns a tuple) and its autograd
+    gradient with respect to ``pred``."""
+    x = pred.detach().clone().requires_grad_(True)
+    out = fn(x, args)
+    loss = (out[0] if isinstance(out, tuple) else out).float().sum()
+    loss.backward()
+    assert x.grad is not None
+    return loss.detach(), x.grad
+
+
+def peak_timed(fn: Any, device: torch.device) -> tuple[float, float]:
+    """Milliseconds per call of ``fn`` and its peak CUDA memory in MiB (NaN on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    ms = timed(fn, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return ms, peak
+
+
+def time_long_tail_losses(device: torch.device, cases: dict[str, tuple[int, Any]], gg: Any,
+                          fed: Any, la: Any) -> None:
+    """Forward+backward of each long-tail core at LVIS's RoI-head shape against torch's
+    sigmoid (``binary_cross_entropy_with_logits``) or softmax (``cross_entropy``) loss."""
+    g = torch.Generator().manual_seed(2)
+    n, c = 8192, 1203
+    labels = torch.randint(0, c + 1, (n,), generator=g).to(device)
+    counts = torch.randint(1, 10_000, (c,), generator=g).float()
+    classes = fed.sample_federated_classes(
+        labels.cpu(), fed.federated_class_weights(counts), 50, generator=g).to(device)
+    margin, class_weight = la.effective_class_margins(counts)
+    args = (labels, (torch.rand(c, generator=g) * 100).to(device),
+            (torch.rand(c, generator=g) * 1000).to(device), classes,
+            la.logit_adjustment(counts, 1.0).to(device), margin.to(device),
+            class_weight.to(device))
+    base = [torch.randn(n, c, device=device), torch.randn(n, c + 1, device=device)]
+
+    def bce(x: torch.Tensor, t: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(t[0], x.shape[1] + 1)[:, :x.shape[1]].to(x.dtype)
+        return torch.nn.functional.binary_cross_entropy_with_logits(x, onehot, reduction="sum")
+
+    def ce(x: torch.Tensor, t: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(x, t[0], reduction="sum")
+
+    softmax = {"logit-adjusted CE"}
+    reference: dict[str, float] = {}
+    for name, fn in (("torch BCE", bce), ("torch CE", ce)):
+        ms, peak = peak_timed(lambda fn=fn: value_and_grad(fn, base[1], args), device)
+        reference[name] = ms
+        print(f"{name:>18}: {ms:8.2f} ms forward+backward at {n}x{c + 1}, peak {peak:.0f} MiB")
+    for name, (background, fn) in cases.items():
+        x = base[background]
+        ms, peak = peak_timed(lambda fn=fn, x=x: value_and_grad(fn, x, args), device)
+        ref = "torch CE" if name in softmax else "torch BCE"
+        print(f"{name:>18}: {ms:8.2f} ms forward+backward at {n}x{x.shape[1]}, peak {peak:.0f} MiB,"
+              f" {ms / reference[ref]:.2f}x {ref}")
+
+
+def check_long_tail_losses(device: torch.device, failures: list[str]) -> None:
+    """The long-tail loss cores: device == CPU in value and gradient, finite on fp16 +-100."""
+    gg = load_module("functional_gradient_guided")
+    fed = load_module("functional_federated")
+    la = load_module("functional_logit_adjust")
+    g = torch.Generator().manual_seed(1)
+    n, c = 2048, 40
+    labels = torch.randint(0, c + 1, (n,), generator=g)
+    counts = torch.randint(1, 2000, (c,), generator=g).float()
+    pos_grad = torch.rand(c, generator=g) * 100
+    neg_grad = torch.rand(c, generator=g) * 1000
+    classes = fed.sample_federated_classes(
+        labels, fed.federated_class_weights(counts), 20, generator=g)
+    adjustment = la.logit_adjustment(counts, 1.0)
+    margin, class_weight = la.effective_class_margins(counts)
+    # name: (whether pred has a background column, loss of (pred, args))
+    cases: dict[str, tuple[int, Any]] = {
+        "EQLv2": (1, lambda x, t: gg.equalization_loss_v2(x, t[0], t[1], t[2])),
+        "equalized focal": (0, lambda x, t: gg.equalized_focal_loss(x, t[0], t[1], t[2])),
+        "federated": (0, lambda x, t: fed.federated_loss(x, t[0], t[3])),
+        "logit-adjusted CE": (1, lambda x, t: la.logit_adjusted_cross_entropy(x, t[0], t[4])),
+        "ECM": (1, lambda x, t: la.ecm_loss(x, t[0], t[5], t[6])),
+    }
+    cpu_args = (labels, pos_grad, neg_grad, classes, adjustment, margin, class_weight)
+    dev_args = tuple(a.to(device) for a in cpu_args)
+    for name, (background, fn) in cases.items():
+        x = torch.randn(n, c + background, generator=g) * 3
+        ref = value_and_grad(fn, x, cpu_args)
+        dev = value_and_grad(fn, x.to(device), dev_args)
+        check(f"{name}: device == cpu (value, gradient)",
+              close(dev[0], ref[0], 1e-4) and close(dev[1], ref[1], 1e-4), failures)
+        xh = (torch.sign(x) * 100).to(device=device, dtype=torch.float16)
+        loss, grad = value_and_grad(fn, xh, dev_args)
+        check(f"{name}: fp16 logits of +-100 stay finite",
+              bool(torch.isfinite(loss)) and bool(torch.isfinite(grad).all()), failures)
+    time_long_tail_losses(device, cases, gg, fed, la)
+    grad = torch.randn(n, c + 1, generator=g)
+    check("gradient sums (EQLv2/EFL statistics): device == cpu",
+          close(gg.gradient_sums(grad.to(device), labels.to(device)),
+                gg.gradient_sums(grad, labels), 1e-4), failures)
 
 
 def check(name: str, ok: bool, failures: list[str]) -> None:
@@ -118,6 +240,8 @@ def main() -> int:
         loss.backward()
         check(f"{dtype} logits of +-100 stay finite",
               bool(torch.isfinite(loss)) and bool(torch.isfinite(xh.grad).all()), failures)
+
+    check_long_tail_losses(device, failures)
 
     n_big = 200_000
     xb_big = torch.randn(n_big, c, device=device)
