@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         report()
         return 0
-    budgets = check_budgets(tables, ROOT, args.cfg_options)  # refuses unequal budgets up front
     todo = pending(tables, args.results_dir)
     if args.rows:
         known = {row.name for t in tables for row in t.rows}
@@ -80,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ValueError(f"--rows: unknown rows {unknown}; the tables have {sorted(known)}")
         todo = [r for r in todo if r.row.name in args.rows]
+    # refuses unequal budgets up front, for the rows about to run
+    budgets = check_budgets(tables, ROOT, args.cfg_options, {r.row.name for r in todo})
     print(f"[quality] {len(todo)} runs pending", flush=True)
     for i, run in enumerate(todo):
         print(f"[quality] {i + 1:3d}. {run.key}  ({run.row.config})", flush=True)

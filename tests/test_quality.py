@@ -123,6 +123,11 @@ def test_a_method_with_another_budget_is_refused_unless_it_says_so() -> None:
                   "cfg_options": {"val_evaluator.count_by": "instance"}}
     with pytest.raises(ValueError, match="evaluator"):
         check_budgets(parse_matrix(matrix(base, other_eval), REPO), REPO)
+    # a run of only some rows checks those rows and the baseline, not the others
+    only_base = check_budgets(parse_matrix(matrix(base, longer), REPO), REPO, rows={"base"})
+    assert set(only_base) == {("t", "base")}
+    with pytest.raises(ValueError, match=r"row 'rfs'"):
+        check_budgets(parse_matrix(matrix(base, longer), REPO), REPO, rows={"rfs"})
 
 
 def test_runs_are_ordered_seed_by_seed_and_records_mark_them_done(tmp_path: Path) -> None:
