@@ -6,7 +6,7 @@ pipeline, from ``LoadImageFromFile`` to ``PackDetInputs``, on the embedded long-
 
 * ``baseline``: the demo RetinaNet's pipeline;
 * ``+ RareClassCopyPaste``: ``configs/retinanet/rarecopypaste_*`` (1-2 crops into half of the
-  images);
+  images; ``blend='rect'``, the default), and ``..., soft`` with ``blend='soft'``;
 * ``+ RarityConditionedApply``: ``configs/retinanet/rarityaug_*`` (zoom + HSV jitter on images
   whose rarest class is rare or, half of the time, common);
 * ``+ RarityConditionedApply, never applied``: the same with every probability 0: the cost of
@@ -160,6 +160,7 @@ def main() -> None:
     variants = {
         "baseline": dataset_cfg(BASELINE),
         "+ RareClassCopyPaste": dataset_cfg(COPY_PASTE),
+        "+ RareClassCopyPaste, soft": with_paste(dataset_cfg(COPY_PASTE), blend="soft"),
         "+ RarityConditionedApply": dataset_cfg(RARITY),
         "+ RarityConditionedApply, never applied": never_applied(dataset_cfg(RARITY)),
         "inner transforms, always": always_inner(dataset_cfg(RARITY)),
