@@ -267,10 +267,7 @@ def main() -> int:
         pass
     results = {}
     for name, fn in timings.items():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        ms = timed(fn, device)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        ms, peak = peak_timed(fn, device)
         results[name] = ms
         print(f"{name:>12}: {ms:8.2f} ms forward+backward at {n_big}x{c}, peak {peak:.0f} MiB")
     if "torchvision" in results:
