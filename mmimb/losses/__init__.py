@@ -26,6 +26,7 @@ from mmimb.losses.modules import (
     ClassBalancedFocalLoss,
     SoftmaxFocalLoss,
 )
+from mmimb.losses.seesaw import HeadSizedSeesawLoss
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -35,6 +36,7 @@ __all__ = [
     "EqualizationLossV2",
     "EqualizedFocalLoss",
     "FederatedLoss",
+    "HeadSizedSeesawLoss",
     "PostHocLogitAdjustedLoss",
     "SoftmaxFocalLoss",
     "compile_enabled",
