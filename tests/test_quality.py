@@ -203,6 +203,9 @@ def test_table_statistics_match_hand_computed_values(tmp_path: Path) -> None:
     assert "0.250 ± 0.050" in md  # baseline rare AP: mean ± sd
     assert "sd 0.050, range 0.100 over 3 seeds" in md
     assert "| tail | rare | 5 |" in md
+    assert "Runs finished 2026-12-01 to 2026-12-03 on test machine." in md
+    one_day = {**summary, "rows": [{**r, "finished": r["finished"][:1]} for r in summary["rows"]]}
+    assert "Runs finished 2026-12-01 on test machine." in format_markdown(one_day)
 
     paths = write_table(table, tmp_path, tmp_path / "out", "cmd")
     assert json.loads(paths["json"].read_text())["rows"][1]["delta"]["AP_rare"]["n"] == 2

@@ -137,7 +137,9 @@ def format_markdown(summary: dict[str, Any], command: str = "") -> str:
     finished = sorted(t for r in rows for t in r["finished"])
     machines = sorted({m for r in rows for m in r["machines"]})
     if finished:
-        lines += [f"Runs finished {finished[0][:10]} to {finished[-1][:10]} on "
+        first, last = finished[0][:10], finished[-1][:10]
+        when = first if first == last else f"{first} to {last}"
+        lines += [f"Runs finished {when} on "
                   f"{'; '.join(machines)}. Evaluated on {summary['eval_split']}; "
                   f"{summary['selection']}.", ""]
     lines += ["| method | seeds | budget | " + " | ".join(h for _, h in OVERALL)
