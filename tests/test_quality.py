@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,36 @@ def test_train_command_resumes_only_from_a_checkpoint(tmp_path: Path) -> None:
     assert "--resume" not in cmd and cmd[-2:] == ["--work-dir", str(tmp_path)]
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_2.pth"))
     assert train_command("cfg.py", REPO, tmp_path)[-1] == "--resume"
+
+
+def test_an_interrupted_training_still_counts_in_the_records_wall_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time spent before an interruption is kept: the record sums every segment."""
+    from mmimb.quality import runs
+
+    run = Run("t", Row("a", BASE, (0,)), 0)
+    work, results = tmp_path / "work", tmp_path / "records"
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runs.execute(run, REPO, work, results, budget={})
+    segments_file = runs.work_dir(work, run) / "quality_segments.json"
+    first = json.loads(segments_file.read_text())
+    assert len(first) == 1 and first[0]["seconds"] >= 0.01
+    assert not record_path(results, run).exists()
+
+    report = tmp_path / "long_tail.json"
+    report.write_text(json.dumps({"overall": {"mAP": 0.5}}))
+    monkeypatch.setattr(runs.subprocess, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runs, "final_report", lambda *args, **kwargs: report)
+    record = runs.execute(run, REPO, work, results, budget={})
+    assert len(record["segments"]) == 2
+    assert record["wall_s"] == pytest.approx(sum(s["seconds"] for s in record["segments"]))
+    assert record["wall_s"] > first[0]["seconds"]
 
 
 def fake_report(ap: dict[str, float], groups: dict[str, float]) -> dict[str, Any]:

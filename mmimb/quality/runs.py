@@ -201,10 +201,12 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
     cmd = train_command(config, root, wdir, python)
     start_iter = _resumed_at(wdir) if "--resume" in cmd else None
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=root, stdout=log, stderr=log)
-    report = final_report(config, root, wdir, python, log)
-    segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
-    segments_file.write_text(json.dumps(segments))
+    try:
+        subprocess.run(cmd, check=True, cwd=root, stdout=log, stderr=log)
+        report = final_report(config, root, wdir, python, log)
+    finally:  # a failed or interrupted segment cost time too: the record's wall_s counts it
+        segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
+        segments_file.write_text(json.dumps(segments))
     return _write_record(run, results_dir, budget, extra, segments, report)
 
 
