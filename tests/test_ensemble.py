@@ -350,3 +350,28 @@ def test_members_trained_on_other_classes_are_refused(tmp_path: Path, tiny_root:
                for i in range(2)]
     with pytest.raises(ValueError, match="evaluation dataset has the classes"):
         evaluate_ensemble(cfg, records, dict(type="BoxFusion"), tmp_path / "fused")
+
+
+def test_a_failed_or_interrupted_member_still_counts_in_its_wall_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process a member took is a segment of its wall time, however it ended."""
+    from mmimb.strategies import training
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    cfg = Config(dict(model=dict(type="FasterRCNN")))
+    monkeypatch.setattr(training.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_in_work_dir(cfg, tmp_path, REPO)
+    segments = json.loads((tmp_path / "segments.json").read_text())
+    assert len(segments) == 1 and segments[0]["seconds"] >= 0.01
+
+    monkeypatch.setattr(training.subprocess, "run",
+                        lambda cmd, **kwargs: subprocess.CompletedProcess(cmd, returncode=1))
+    with pytest.raises(RuntimeError, match="failed .exit status 1"):
+        training.train_in_work_dir(cfg, tmp_path, REPO)
+    segments = json.loads((tmp_path / "segments.json").read_text())
+    assert [s["resumed_from"] for s in segments] == [None, None]
+    assert not (tmp_path / FINISHED).exists()

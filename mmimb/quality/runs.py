@@ -30,7 +30,8 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,29 @@ def final_report(config: Path, root: str | Path, wdir: Path, python: str = sys.e
     return report
 
 
+@contextmanager
+def timed_segment(path: str | Path, resumed_from: Any) -> Iterator[list[dict[str, Any]]]:
+    """Time one training process and append it to the segments file ``path``, however it ends.
+
+    A failed or interrupted process cost time too, so the segment is written in ``finally``:
+    the wall time of a run that was resumed counts every process it took. Yields the list of
+    segments, which holds the new one once the block has ended.
+
+    Args:
+        path: the JSON list of ``{"resumed_from": ..., "seconds": ...}`` segments.
+        resumed_from: what the process resumes from (a checkpoint's iteration or name; None
+            when it starts from scratch).
+    """
+    path = Path(path)
+    segments = json.loads(path.read_text()) if path.is_file() else []
+    started = time.perf_counter()
+    try:
+        yield segments
+    finally:
+        segments.append({"resumed_from": resumed_from, "seconds": time.perf_counter() - started})
+        path.write_text(json.dumps(segments))
+
+
 def _resumed_at(wdir: Path) -> int | None:
     """Iteration of the checkpoint a resumed process starts from (None: from scratch)."""
     pointer = wdir / "last_checkpoint"
@@ -193,20 +217,14 @@ def execute(run: Run, root: str | Path, work_root: str | Path, results_dir: str 
         return _evaluate(run, root, work_root, results_dir, budget, extra, python, log)
     if run.row.init_from:
         extra = {**(extra or {}), "load_from": str(_source_checkpoint(run, work_root, results_dir))}
-    segments_file = wdir / "quality_segments.json"
-    segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
     config = write_run_config(run, root, wdir, extra)
     if load_row_config(run.row, root, extra).get("ensemble"):
         return _train_ensemble(run, config, root, wdir, results_dir, budget, extra, python, log)
     cmd = train_command(config, root, wdir, python)
     start_iter = _resumed_at(wdir) if "--resume" in cmd else None
-    started = time.perf_counter()
-    try:
+    with timed_segment(wdir / "quality_segments.json", start_iter) as segments:
         subprocess.run(cmd, check=True, cwd=root, stdout=log, stderr=log)
         report = final_report(config, root, wdir, python, log)
-    finally:  # a failed or interrupted segment cost time too: the record's wall_s counts it
-        segments.append({"resumed_from": start_iter, "seconds": time.perf_counter() - started})
-        segments_file.write_text(json.dumps(segments))
     return _write_record(run, results_dir, budget, extra, segments, report)
 
 

@@ -10,8 +10,9 @@ in a work dir of its own, one after another:
 - a work dir with a checkpoint but no ``finished.json`` was interrupted: training resumes from
   its last checkpoint (``--resume``);
 - ``finished.json`` records the final checkpoint, the classes the model was trained on (from the
-  checkpoint's ``dataset_meta``), and the wall time of every training process that ended (one
-  that was killed is not counted).
+  checkpoint's ``dataset_meta``), and the wall time of every training process, including one
+  that failed or was interrupted by Ctrl-C (``{work_dir}/segments.json`` keeps them until the
+  model is finished; a process killed outright, SIGKILL, cannot record its time).
 
 The training output goes to ``{work_dir}/train.log``.
 """
@@ -22,7 +23,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from mmengine.config import Config
 
-from mmimb.quality.runs import final_checkpoint, train_command
+from mmimb.quality.runs import final_checkpoint, timed_segment, train_command
 
 #: Name of the record of a finished training in its work dir.
 FINISHED = "finished.json"
@@ -90,20 +90,15 @@ def train_in_work_dir(cfg: Config, work_dir: str | Path, root: str | Path,
     wdir.mkdir(parents=True, exist_ok=True)
     config = wdir / "config.py"
     cfg.dump(str(config))
-    segments_file = wdir / "segments.json"
-    segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
     cmd = train_command(config, root, wdir, python)
     resumed = final_checkpoint(wdir) if "--resume" in cmd else None
     log = wdir / "train.log"
-    started = time.perf_counter()
-    with log.open("a") as stream:
+    with timed_segment(wdir / "segments.json", None if resumed is None else resumed.name) \
+            as segments, log.open("a") as stream:
         proc = subprocess.run(cmd, cwd=root, stdout=stream, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"training in {wdir} failed (exit status {proc.returncode}); see {log}. "
                            "Run again to resume from its last checkpoint")
-    segments.append({"resumed_from": None if resumed is None else resumed.name,
-                     "seconds": time.perf_counter() - started})
-    segments_file.write_text(json.dumps(segments))
     ckpt = final_checkpoint(wdir)
     if ckpt is None:
         raise RuntimeError(f"training in {wdir} finished without a checkpoint; see {log}")
