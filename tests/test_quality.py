@@ -24,7 +24,7 @@ from mmimb.quality import (
     summarize,
     write_table,
 )
-from mmimb.quality.runs import train_command
+from mmimb.quality.runs import cpu_name, machine, train_command
 from mmimb.quality.tables import README_BEGIN, README_END, format_markdown, spread, update_readme
 from tests.conftest import REPO, load_script
 from tests.test_train_e2e import write_config
@@ -390,3 +390,17 @@ def test_smoke_ensemble_row_records_the_fused_evaluation(tmp_path: Path, tiny_ro
     assert record["budget"]["models"] == 2
     assert sorted({s["member"] for s in record["segments"]}) == [0, 1]
     assert "| easy (baseline) | 1/1 | 4 it x 2 x 2 models |" in (out / "ens.md").read_text()
+
+
+def test_the_record_names_the_cpu_generation() -> None:
+    """Two processor generations behind one vendor name train a seed differently: keep both."""
+    cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+               "model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n\n"
+               "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 1\nmodel name\t: other\n")
+    assert cpu_name(cpuinfo) == "AMD EPYC (family 25, model 17)"
+    arm = "processor\t: 0\nmodel name\t: Neoverse-N1\n"
+    assert cpu_name(arm) == "Neoverse-N1 (family ?, model ?)"
+    assert cpu_name("processor\t: 0\nFeatures\t: fp asimd\n") is None
+    if Path("/proc/cpuinfo").is_file():
+        name = cpu_name(Path("/proc/cpuinfo").read_text())
+        assert name is None or name in machine()

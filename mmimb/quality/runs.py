@@ -92,13 +92,34 @@ def pending(tables: Sequence[Table], results_dir: str | Path) -> list[Run]:
     return [r for r in all_runs(tables) if not record_path(results_dir, r).is_file()]
 
 
+def cpu_name(cpuinfo: str) -> str | None:
+    """The CPU of a Linux ``/proc/cpuinfo`` text: model name, family and model numbers.
+
+    Virtual machines often report only a vendor line ("AMD EPYC") for different processor
+    generations, and the same seed trains to different weights on them; family and model tell
+    them apart. None when the text names no model.
+    """
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    if "model name" not in fields:
+        return None
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, " \
+           f"model {fields.get('model', '?')})"
+
+
 def machine() -> str:
-    """A one-line description of this machine and its torch."""
+    """A one-line description of this machine, its CPU and its torch."""
     import torch
 
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = (cpu_name(cpuinfo.read_text()) if cpuinfo.is_file() else None) or platform.processor()
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"CPU only, {os.cpu_count()} cores")
-    return f"{platform.machine()} {platform.system()}, {device}, torch {torch.__version__}"
+    return f"{platform.machine()} {platform.system()}, {cpu}, {device}, torch {torch.__version__}"
 
 
 def train_command(config: str | Path, root: str | Path, wdir: str | Path,
