@@ -96,8 +96,9 @@ def cpu_name(cpuinfo: str) -> str | None:
     """The CPU of a Linux ``/proc/cpuinfo`` text: model name, family and model numbers.
 
     Virtual machines often report only a vendor line ("AMD EPYC") for different processor
-    generations, and the same seed trains to different weights on them; family and model tell
-    them apart. None when the text names no model.
+    generations, and the same seed has trained to different results on two machines with that
+    name; family and model may tell such machines apart (not yet verified: only one has been
+    seen since they were recorded). None when the text names no model.
     """
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
